@@ -1,0 +1,1 @@
+"""The control API (aiohttp) on the daemon's unix socket."""

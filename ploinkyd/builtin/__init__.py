@@ -1,0 +1,1 @@
+"""Built-in plugins: ordinary modules implementing the same hooks as external plugins."""

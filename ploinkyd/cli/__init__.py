@@ -1,0 +1,1 @@
+"""The ``ploinkyd`` command line."""

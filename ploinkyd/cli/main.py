@@ -1,0 +1,401 @@
+"""``ploinkyd``: run the daemon and talk to it.
+
+Exit codes: 0 success; 1 a task failed or was cancelled; 2 bad usage or bad input; 4 not found;
+5 conflict; 69 the daemon is unreachable; 75 a wait timed out; 78 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ploinkyd import __version__
+from ploinkyd.cli import output
+from ploinkyd.client import Client
+from ploinkyd.config import LoadedConfig, load_config, validate_file
+from ploinkyd.errors import PloinkyError, UserError
+
+EXIT_TASK_FAILED = 1
+EXIT_WAIT_TIMEOUT = 75
+
+EXAMPLES = """\
+examples:
+  ploinkyd run --state-dir /tmp/pk                 run a daemon in the foreground
+  echo '{"kind":"echo","input":{"hi":1}}' | ploinkyd submit default - --wait
+  ploinkyd task list default --state pending       what is waiting
+  ploinkyd task cancel default t0193ab-5f2e        cancel a pending or running task
+  ploinkyd config show                             merged config and where each value came from
+"""
+
+
+def _global_options(suppress: bool) -> argparse.ArgumentParser:
+    """Global options, accepted before and after the command name.
+
+    The copy given to subcommands has no defaults, so an option given before the command is
+    not reset by the subcommand's parser.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("global options")
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    g.add_argument("--config", type=Path, help="config file (TOML or JSON)", **kw)
+    g.add_argument("--state-dir", type=Path, help="state dir (env PLOINKY_STATE_DIR)", **kw)
+    g.add_argument("--runtime-dir", type=Path, help="runtime dir (env PLOINKY_RUNTIME_DIR)", **kw)
+    g.add_argument("--node-id", help="this node's id (env PLOINKY_NODE_ID)", **kw)
+    g.add_argument("--socket", type=Path, help="control socket path", **kw)
+    g.add_argument("--json", action="store_true", help="print JSON instead of tables", **kw)
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], **kw)
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options(suppress=True)
+    p = argparse.ArgumentParser(
+        prog="ploinkyd",
+        description="A local job daemon that turns directories into durable work queues.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_global_options(suppress=False)],
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help, parents=[common])
+        sp.set_defaults(func=fn)
+        return sp
+
+    cmd("run", cmd_run, "run the daemon in the foreground")
+    cmd("init", cmd_init, "create the state dir and the queues' directories")
+    cmd("status", cmd_status, "show the daemon's status")
+    cmd("version", cmd_version, "print the version")
+
+    s = cmd("submit", cmd_submit, "submit a task file (or - for stdin) to a queue")
+    s.add_argument("queue")
+    s.add_argument("file", help="task JSON file, or - to read standard input")
+    s.add_argument("--id", help="task id (default: a generated, time-ordered id)")
+    s.add_argument("--wait", action="store_true", help="wait for the record and print it")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+
+    task = sub.add_parser("task", help="inspect and cancel tasks", parents=[common])
+    tsub = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
+    for name, fn, help_ in (
+        ("get", cmd_task_get, "show a task: pending, running or its record"),
+        ("cancel", cmd_task_cancel, "cancel a pending or running task"),
+        ("wait", cmd_task_wait, "wait until a task has a record and print it"),
+    ):
+        tp = tsub.add_parser(name, help=help_, description=help_, parents=[common])
+        tp.add_argument("queue")
+        tp.add_argument("id")
+        tp.set_defaults(func=fn)
+        if name == "wait":
+            tp.add_argument("--timeout", type=float, default=300.0)
+    tl = tsub.add_parser("list", help="list tasks of a queue", parents=[common])
+    tl.add_argument("queue")
+    tl.add_argument(
+        "--state",
+        default="all",
+        choices=["pending", "running", "succeeded", "failed", "finished", "all"],
+    )
+    tl.add_argument("--page", type=int, default=1)
+    tl.add_argument("--per-page", type=int, default=50)
+    tl.set_defaults(func=cmd_task_list)
+
+    queue = sub.add_parser("queue", help="queues", parents=[common])
+    qsub = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    qsub.add_parser("list", help="list queues", parents=[common]).set_defaults(func=cmd_queue_list)
+    qs = qsub.add_parser("stats", help="one queue's counters", parents=[common])
+    qs.add_argument("queue", nargs="?", default="default")
+    qs.set_defaults(func=cmd_queue_stats)
+
+    conf = sub.add_parser("config", help="configuration", parents=[common])
+    csub = conf.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    csub.add_parser(
+        "show", help="merged config and the source of each value", parents=[common]
+    ).set_defaults(func=cmd_config_show)
+    cv = csub.add_parser("validate", help="validate config (or one FILE)", parents=[common])
+    cv.add_argument("file", nargs="?", type=Path)
+    cv.set_defaults(func=cmd_config_validate)
+
+    plug = sub.add_parser("plugin", help="plugins", parents=[common])
+    psub = plug.add_subparsers(dest="plugin_command", metavar="ACTION", required=True)
+    psub.add_parser(
+        "list", help="each plugin, its hooks and any error", parents=[common]
+    ).set_defaults(func=cmd_plugin_list)
+    return p
+
+
+# ---- config and client ------------------------------------------------------------------
+
+
+def _flags(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+    return {
+        "daemon.state_dir": (args.state_dir, "flag --state-dir"),
+        "daemon.runtime_dir": (args.runtime_dir, "flag --runtime-dir"),
+        "daemon.node_id": (args.node_id, "flag --node-id"),
+        "daemon.log_level": (args.log_level, "flag --log-level"),
+        "api.socket": (args.socket, "flag --socket"),
+    }
+
+
+def load(args: argparse.Namespace) -> LoadedConfig:
+    config_file = args.config
+    if config_file is None and os.environ.get("PLOINKY_CONFIG"):
+        config_file = Path(os.environ["PLOINKY_CONFIG"])
+    return load_config(config_file=config_file, flags=_flags(args))
+
+
+def client(args: argparse.Namespace) -> Client:
+    return Client(load(args).config.resolved_socket())
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ploinkyd.daemon import Daemon
+    from ploinkyd.logs import setup_logging
+
+    loaded = load(args)
+    setup_logging(loaded.config.daemon.log_level, loaded.config.daemon.log_format)
+    daemon = Daemon(loaded, reload_config=lambda: load(args))
+    return asyncio.run(daemon.run())
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ploinkyd.queue.layout import QueueLayout
+
+    cfg = load(args).config
+    state = cfg.resolved_state_dir()
+    made = []
+    for name in sorted(set(cfg.queues) | {"default"}):
+        layout = QueueLayout(name, cfg.queue_path(name, state))
+        layout.create()
+        made.append({"queue": name, "path": str(layout.root)})
+    out = {"state_dir": str(state), "socket": str(cfg.resolved_socket()), "queues": made}
+    if args.json:
+        output.emit_json(out)
+    else:
+        print(f"state dir: {state}")
+        output.table(made, ["queue", "path"])
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    if args.json:
+        output.emit_json({"version": __version__})
+    else:
+        print(f"ploinkyd {__version__}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = client(args).get("/v1/status")
+    if args.json:
+        output.emit_json(st)
+        return 0
+    print(f"ploinkyd {st['version']} on {st['node']} (pid {st['pid']}): {st['summary']}")
+    print(f"state dir {st['state_dir']}, socket {st['socket']}, up {st['uptime_s']:.0f}s")
+    output.table(list(st["queues"].values()), output.QUEUE_COLUMNS)
+    return 0
+
+
+def _read_task(file: str) -> Any:
+    text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{'stdin' if file == '-' else file}: not valid JSON: {exc}", code="INVALID_JSON"
+        ) from None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body = _read_task(args.file)
+    c = client(args)
+    query = {"id": args.id, "wait": args.timeout if args.wait else None}
+    res = c.request(
+        "POST",
+        f"/v1/queues/{args.queue}/tasks",
+        body=body,
+        query=query,
+        timeout=(args.timeout + 30) if args.wait else None,
+    )
+    return _show_task(args, res) if args.wait else _show_submitted(args, res)
+
+
+def _show_submitted(args: argparse.Namespace, res: dict[str, Any]) -> int:
+    if args.json:
+        output.emit_json(res)
+    else:
+        print(res["id"])
+    return 0
+
+
+def _show_task(args: argparse.Namespace, res: dict[str, Any]) -> int:
+    if args.json:
+        output.emit_json(res)
+    else:
+        output.task(res)
+    state = res.get("state")
+    if state in ("pending", "running"):
+        return EXIT_WAIT_TIMEOUT
+    return 0 if state == "succeeded" else EXIT_TASK_FAILED
+
+
+def cmd_task_get(args: argparse.Namespace) -> int:
+    res = client(args).get(f"/v1/tasks/{args.queue}/{args.id}")
+    if args.json:
+        output.emit_json(res)
+    else:
+        output.task(res)
+    return 0
+
+
+def cmd_task_wait(args: argparse.Namespace) -> int:
+    res = client(args).request(
+        "GET",
+        f"/v1/tasks/{args.queue}/{args.id}",
+        query={"wait": args.timeout},
+        timeout=args.timeout + 30,
+    )
+    return _show_task(args, res)
+
+
+def cmd_task_cancel(args: argparse.Namespace) -> int:
+    res = client(args).request("DELETE", f"/v1/tasks/{args.queue}/{args.id}")
+    if args.json:
+        output.emit_json(res)
+    else:
+        print(f"cancel requested for {args.queue}/{args.id}")
+    return 0
+
+
+def cmd_task_list(args: argparse.Namespace) -> int:
+    res = client(args).get(
+        f"/v1/queues/{args.queue}/tasks", state=args.state, page=args.page, per_page=args.per_page
+    )
+    if args.json:
+        output.emit_json(res)
+    else:
+        output.table(res["data"], ["id", "state"])
+        pg = res["pagination"]
+        print(f"page {pg['page']} of {pg['pages']} ({pg['total']} tasks)")
+    return 0
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    res = client(args).get("/v1/queues")
+    if args.json:
+        output.emit_json(res)
+    else:
+        output.table(res["data"], output.QUEUE_COLUMNS)
+    return 0
+
+
+def cmd_queue_stats(args: argparse.Namespace) -> int:
+    res = client(args).get(f"/v1/queues/{args.queue}")
+    if args.json:
+        output.emit_json(res)
+    else:
+        output.mapping(res)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    shown = load(args).show()
+    if args.json:
+        output.emit_json(shown)
+    else:
+        rows = [{"key": k, "value": v, "source": shown["sources"][k]} for k, v in _leaves(shown)]
+        output.table(rows, ["key", "value", "source"])
+    return 0
+
+
+def _leaves(shown: dict[str, Any]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+
+    def visit(value: Any, prefix: str) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                visit(v, f"{prefix}.{k}" if prefix else k)
+        elif prefix in shown["sources"]:
+            out.append((prefix, json.dumps(value) if not isinstance(value, str) else value))
+
+    visit(shown["config"], "")
+    return out
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        validate_file(args.file)
+        target = str(args.file)
+    else:
+        loaded = load(args)
+        target = ", ".join(str(f) for f in loaded.files) or "built-in defaults"
+    if args.json:
+        output.emit_json({"valid": True, "checked": target})
+    else:
+        print(f"ok: {target}")
+    return 0
+
+
+def cmd_plugin_list(args: argparse.Namespace) -> int:
+    """Ask the running daemon; without one, load the plugins here and report them."""
+    from ploinkyd.errors import DaemonUnavailable
+
+    try:
+        plugins = client(args).get("/v1/plugins")["data"]
+    except (DaemonUnavailable, PloinkyError):
+        from ploinkyd.plugins import PluginHost
+
+        host = PluginHost(disabled=load(args).config.plugins.disabled)
+        host.load()
+        host.task_kinds()  # calling the hook is what reveals a raising plugin
+        plugins = [p.model_dump(mode="json") for p in host.report()]
+    if args.json:
+        output.emit_json({"data": plugins})
+    else:
+        rows = [
+            {
+                "name": p["name"],
+                "status": p["status"],
+                "source": p["source"],
+                "hooks": ", ".join(h.removeprefix("ploinkyd_") for h in p["hooks"]),
+                "error": (p.get("error") or {}).get("message", ""),
+            }
+            for p in plugins
+        ]
+        output.table(rows, ["name", "status", "source", "hooks", "error"])
+    return 1 if any(p["status"] == "quarantined" for p in plugins) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PloinkyError as exc:
+        if getattr(args, "json", False):
+            output.emit_json({"error": exc.to_dict()}, stream=sys.stderr)
+        else:
+            print(f"ploinkyd: error: {exc.message}", file=sys.stderr)
+            for err in exc.details.get("errors", [])[1:]:
+                print(f"  {err.get('message', err)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig()
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The one error tree of ploinkyd.
+
+Every error carries a stable UPPER_SNAKE ``code`` (it lands in records, API envelopes and
+exit codes), a ``message`` a person can act on, and JSON-able ``details``::
+
+    PloinkyError
+    ├── UserError            the operator or producer must fix something; never a traceback
+    │   ├── ConfigError          bad config file, key or value            (exit 78)
+    │   ├── TaskError            a task file or task input is invalid      (record code)
+    │   ├── NotFoundError        unknown queue, task, plugin               (HTTP 404)
+    │   └── ConflictError        duplicate id, daemon already running     (HTTP 409)
+    ├── TaskFailed           a task kind's run failed; ``retryable`` decides on a retry
+    ├── PluginError          a plugin failed to load or a hook raised (quarantined)
+    ├── DaemonUnavailable    the CLI cannot reach the control socket       (exit 69)
+    └── InternalError        a bug in ploinkyd itself
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PloinkyError(Exception):
+    """Base of every ploinkyd error."""
+
+    code = "INTERNAL"
+    http_status = 500
+    exit_code = 1
+
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details: dict[str, Any] = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class UserError(PloinkyError):
+    """Something a person must fix; reported as a clean message, never a traceback."""
+
+    code = "INVALID_REQUEST"
+    http_status = 400
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """Invalid configuration: the message names the file, the key and what is allowed."""
+
+    code = "INVALID_CONFIG"
+    exit_code = 78  # EX_CONFIG, as sysexits.h and systemd understand it
+
+
+class TaskError(UserError):
+    """A task file or task input that cannot run as written."""
+
+    code = "INVALID_TASK"
+
+
+class NotFoundError(UserError):
+    code = "NOT_FOUND"
+    http_status = 404
+    exit_code = 4
+
+
+class ConflictError(UserError):
+    code = "CONFLICT"
+    http_status = 409
+    exit_code = 5
+
+
+class TaskFailed(PloinkyError):
+    """Raised by a task kind when its work failed.
+
+    ``retryable=False`` makes the failure final even when attempts remain (bad input the kind
+    discovered late, say); the default lets the queue retry it within ``max_attempts``.
+    """
+
+    code = "TASK_FAILED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.retryable = retryable
+
+
+class PluginError(PloinkyError):
+    code = "PLUGIN_FAILED"
+
+
+class DaemonUnavailable(PloinkyError):
+    code = "DAEMON_UNAVAILABLE"
+    http_status = 503
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class InternalError(PloinkyError):
+    code = "INTERNAL"

@@ -1,0 +1,1 @@
+"""The file-queue protocol: layout, names, claims, completion, watching and dispatch."""

@@ -1,0 +1,211 @@
+"""What the queue does on worker threads before a task runs: inspect names, read and claim.
+
+These functions are plain blocking code over one queue directory; ``runner`` calls them in
+batches through ``asyncio.to_thread`` so one thread hop serves many tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import Literal
+
+from ploinkyd.errors import TaskError
+from ploinkyd.queue import locks
+from ploinkyd.queue.layout import QueueLayout
+from ploinkyd.queue.task import ID_RE, TASK_SUFFIX, Task, digest, parse_task
+
+Ident = tuple[int, int, int]  # (inode, size, mtime_ns): "the same file as when we read it"
+
+
+@dataclass(slots=True)
+class Inspection:
+    name: str
+    verdict: Literal["ignore", "gone", "wait", "reject", "ready"]
+    # wait: the observation to compare with next time
+    size: int = 0
+    mtime_ns: int = 0
+    # reject
+    code: str = ""
+    message: str = ""
+    record_id: str = ""
+    # ready
+    raw: bytes = b""
+    ident: Ident = (0, 0, 0)
+    task: Task | None = None
+    parse_error: TaskError | None = None
+
+
+def is_ignored(name: str) -> bool:
+    return name.startswith(".") or name.endswith(".tmp")
+
+
+def task_id_of(name: str) -> str | None:
+    if not name.endswith(TASK_SUFFIX):
+        return None
+    stem = name[: -len(TASK_SUFFIX)]
+    return stem if ID_RE.fullmatch(stem) else None
+
+
+def rejected_id(name: str, st: os.stat_result) -> str:
+    """A valid, deterministic id for a rejected object, so a retried rejection is not doubled."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:60].strip("._-") or "x"
+    h = hashlib.sha256(f"{name}\0{st.st_ino}\0{st.st_ctime_ns}".encode()).hexdigest()[:10]
+    return f"rejected.{safe}.{h}"
+
+
+def inspect(
+    layout: QueueLayout,
+    name: str,
+    *,
+    closed: bool,
+    previous: tuple[int, int, float] | None,
+    now: float,
+    settle_s: float,
+    trust_mtime: bool,
+    max_bytes: int,
+) -> Inspection:
+    """Classify one name in ``tasks/`` and, when it is a complete task file, read it.
+
+    ``previous`` is (size, mtime_ns, observed_at) from an earlier look at a file no event has
+    declared complete; it must be unchanged for ``settle_s`` before the file is read.
+    """
+    if is_ignored(name):
+        return Inspection(name, "ignore")
+    path = layout.tasks / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Inspection(name, "gone")
+    if stat_mod.S_ISLNK(st.st_mode) or not stat_mod.S_ISREG(st.st_mode):
+        what = "a symlink" if stat_mod.S_ISLNK(st.st_mode) else "not a regular file"
+        return Inspection(
+            name,
+            "reject",
+            code="NOT_A_FILE",
+            message=f"{name!r} is {what}; a task must be a regular JSON file "
+            "(symlinks are never followed). It was moved aside, not run",
+            record_id=rejected_id(name, st),
+        )
+    task_id = task_id_of(name)
+    if task_id is None:
+        return Inspection(
+            name,
+            "reject",
+            code="BAD_NAME",
+            message=f"task file name {name!r} is not <id>.json with an id matching "
+            f"{ID_RE.pattern}; rename it (e.g. {rejected_id(name, st)[9:40]}.json)",
+            record_id=rejected_id(name, st),
+        )
+    if st.st_size > max_bytes:
+        return Inspection(
+            name,
+            "reject",
+            code="TOO_LARGE",
+            message=f"task file is {st.st_size} bytes, over this queue's max_task_bytes "
+            f"({max_bytes}); pass large data by path or raise max_task_bytes",
+            record_id=rejected_id(name, st),
+        )
+    if not closed:
+        settled = previous is not None and previous[:2] == (st.st_size, st.st_mtime_ns)
+        settled = settled and previous is not None and now - previous[2] >= settle_s
+        # On a local filesystem the mtime is in our own clock and can be trusted directly.
+        quiet = trust_mtime and now - st.st_mtime >= settle_s
+        if not (settled or quiet):
+            return Inspection(name, "wait", size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return read_task(layout, name)
+
+
+def read_task(layout: QueueLayout, name: str) -> Inspection:
+    try:
+        fd = os.open(layout.tasks / name, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return Inspection(name, "gone")
+    except OSError:
+        return inspect_again(layout, name)
+    try:
+        st = os.fstat(fd)
+        chunks = []
+        while chunk := os.read(fd, max(st.st_size, 65536)):
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+    finally:
+        os.close(fd)
+    result = Inspection(name, "ready", raw=raw, ident=(st.st_ino, st.st_size, st.st_mtime_ns))
+    result.mtime_ns = st.st_mtime_ns
+    try:
+        result.task, _ = parse_task(raw)
+    except TaskError as exc:
+        result.parse_error = exc
+    return result
+
+
+def inspect_again(layout: QueueLayout, name: str) -> Inspection:
+    """The file changed type between lstat and open (a symlink swapped in): judge it afresh."""
+    try:
+        st = os.lstat(layout.tasks / name)
+    except FileNotFoundError:
+        return Inspection(name, "gone")
+    return Inspection(
+        name,
+        "reject",
+        code="NOT_A_FILE",
+        message=f"{name!r} is not a regular file; a task must be a regular JSON file",
+        record_id=rejected_id(name, st),
+    )
+
+
+@dataclass(slots=True)
+class Claim:
+    lock_id: str
+    outcome: Literal["claimed", "busy", "gone", "done", "duplicate"]
+    raw: bytes = b""
+    ident: Ident = (0, 0, 0)
+
+
+def claim(
+    layout: QueueLayout,
+    lock_id: str,
+    name: str | None,
+    ident: Ident | None,
+    raw: bytes | None,
+    me: locks.Identity,
+    attempt: int,
+    now: float,
+) -> Claim:
+    """Take the lock, then re-check the task: another node may have finished it meanwhile."""
+    if not locks.try_claim(layout, lock_id, me, attempt, now):
+        return Claim(lock_id, "busy")
+    if name is None:
+        return Claim(lock_id, "claimed")
+    try:
+        st = os.lstat(layout.tasks / name)
+    except FileNotFoundError:
+        locks.release(layout, lock_id)
+        return Claim(lock_id, "gone")
+    if raw is None or ident != (st.st_ino, st.st_size, st.st_mtime_ns):
+        fresh = read_task(layout, name)
+        if fresh.verdict != "ready":
+            locks.release(layout, lock_id)
+            return Claim(lock_id, "gone")
+        raw, ident = fresh.raw, fresh.ident
+    record = layout.find_record(lock_id)
+    if record is not None:
+        # Finished before (a crash between the record and the unlink) if it is the same task.
+        if _recorded_digest(record) == digest(raw):
+            return Claim(lock_id, "done", raw, ident)
+        return Claim(lock_id, "duplicate", raw, ident)
+    return Claim(lock_id, "claimed", raw, ident)
+
+
+def _recorded_digest(path: os.PathLike[str]) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            value = json.load(fh).get("task_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

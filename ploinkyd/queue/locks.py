@@ -1,0 +1,184 @@
+"""Claims: ``mkdir locks/<id>`` plus ``owner.json``, heartbeats and stale-lock takeover.
+
+``mkdir`` is atomic on every POSIX filesystem including NFS, so exactly one claimant wins. A
+lock's mtime is its heartbeat. Staleness is judged in the filesystem's clock (see
+``QueueLayout.fs_now``) so nodes with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from ploinkyd.queue.layout import QueueLayout
+
+OWNER_FILE = "owner.json"
+
+
+class Owner(BaseModel):
+    node: str
+    boot_id: str
+    pid: int
+    pid_start: int | None = None
+    daemon_id: str
+    claimed_at: float
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this daemon is, as written into every lock it takes."""
+
+    node: str
+    boot_id: str
+    pid: int
+    pid_start: int | None
+    daemon_id: str
+
+    @classmethod
+    def current(cls, node: str) -> Identity:
+        pid = os.getpid()
+        return cls(node, read_boot_id(), pid, process_start(pid), secrets.token_hex(8))
+
+
+def read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot; tells a live pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after its closing ')'.
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19])
+
+
+def pid_alive(pid: int, start: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return start is None or process_start(pid) == start
+
+
+def try_claim(layout: QueueLayout, task_id: str, me: Identity, attempt: int, now: float) -> bool:
+    """Take the lock of ``task_id``; False when another claimant holds it."""
+    lock = layout.lock_dir(task_id)
+    try:
+        os.mkdir(lock)
+    except FileExistsError:
+        return False
+    owner = {
+        "node": me.node,
+        "boot_id": me.boot_id,
+        "pid": me.pid,
+        "pid_start": me.pid_start,
+        "daemon_id": me.daemon_id,
+        "claimed_at": now,
+        "attempt": attempt,
+    }
+    # Not fsynced: after a crash a lock without owner.json is judged by its age alone.
+    fd = os.open(lock / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, json.dumps(owner).encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def release(layout: QueueLayout, task_id: str) -> None:
+    lock = layout.lock_dir(task_id)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock / OWNER_FILE)
+    try:
+        os.rmdir(lock)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(lock, ignore_errors=True)
+
+
+def heartbeat(layout: QueueLayout, task_ids: list[str]) -> None:
+    for task_id in task_ids:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(layout.lock_dir(task_id))
+
+
+def read_owner(lock: Path) -> Owner | None:
+    try:
+        return Owner.model_validate_json((lock / OWNER_FILE).read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    stale: bool
+    reason: str
+    inode: int
+    owner: Owner | None
+
+
+def judge(
+    layout: QueueLayout, task_id: str, me: Identity, lock_timeout: float, fs_now: float
+) -> Verdict | None:
+    """Decide whether the lock of ``task_id`` is abandoned; None when there is no lock."""
+    lock = layout.lock_dir(task_id)
+    try:
+        st = os.lstat(lock)
+    except FileNotFoundError:
+        return None
+    age = fs_now - st.st_mtime
+    owner = read_owner(lock)
+    if owner is None:
+        # It may be being created this instant, so only its age can condemn it.
+        if age > lock_timeout:
+            return Verdict(True, f"no readable owner.json and idle {age:.0f}s", st.st_ino, None)
+        return Verdict(False, "owner.json missing, within grace period", st.st_ino, None)
+    if owner.node == me.node:
+        if owner.boot_id != me.boot_id:
+            return Verdict(True, "owner's node has rebooted", st.st_ino, owner)
+        if owner.daemon_id == me.daemon_id:
+            return Verdict(False, "held by this daemon", st.st_ino, owner)
+        if not pid_alive(owner.pid, owner.pid_start):
+            return Verdict(True, f"owner pid {owner.pid} is gone", st.st_ino, owner)
+    if age > lock_timeout:
+        return Verdict(
+            True, f"no heartbeat from node {owner.node!r} for {age:.0f}s", st.st_ino, owner
+        )
+    return Verdict(False, f"held by node {owner.node!r} pid {owner.pid}", st.st_ino, owner)
+
+
+def break_lock(layout: QueueLayout, task_id: str, inode: int) -> bool:
+    """Remove a lock judged stale, but only if it is still the very lock that was judged.
+
+    Renaming first makes the check and the removal one atomic step: a fresh lock that another
+    claimant created in the meantime has another inode and is put back.
+    """
+    lock = layout.lock_dir(task_id)
+    aside = layout.locks / f".broken.{task_id}.{secrets.token_hex(4)}"
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return False
+    if os.lstat(aside).st_ino != inode:
+        with contextlib.suppress(OSError):
+            os.rename(aside, lock)
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return True

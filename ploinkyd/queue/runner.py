@@ -1,0 +1,794 @@
+"""One queue at work: from a name in ``tasks/`` to exactly one record.
+
+The runner keeps, per file name, what it knows (waiting for the writer, queued, delayed, claimed
+by another node, running) and acts in batches: names are inspected and read on a worker thread,
+the best queued entries are claimed on a worker thread, handlers run on the loop, and records
+go through the shared ``GroupCommitter``. Events only say "look at this name"; the periodic
+names-only rescan is what guarantees nothing is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ploinkyd.clock import Clock
+from ploinkyd.errors import TaskError, TaskFailed
+from ploinkyd.kinds import TaskContext, TaskKind
+from ploinkyd.queue import intake, locks
+from ploinkyd.queue.committer import Completion, GroupCommitter
+from ploinkyd.queue.layout import QueueLayout
+from ploinkyd.queue.recovery import RecoveryReport, recover
+from ploinkyd.queue.stats import QueueStats
+from ploinkyd.queue.task import Task, digest, dump_record, iso, parse_task, raw_fields
+
+log = logging.getLogger("ploinkyd.queue")
+
+WAIT, QUEUED, DELAYED, ELSEWHERE, RUNNING = "wait", "queued", "delayed", "elsewhere", "running"
+# How long a file announced as created but never closed may sit before it is judged by
+# stability alone (the close event may have been lost in an inotify overflow).
+OPEN_WRITER_GRACE = 30.0
+RAW_CACHE_BYTES = 32 << 20
+CANCEL_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class QueueTuning:
+    """The per-queue settings the runner needs (a subset of config's QueueConfig)."""
+
+    concurrency: int = 4
+    max_task_bytes: int = 1 << 20
+    lock_timeout: float = 60.0
+    settle_s: float = 1.0
+    retry_base_s: float = 1.0
+    retry_max_s: float = 300.0
+    retention: float = 7 * 86400.0
+    polling: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    name: str
+    lock_id: str
+    state: str = WAIT
+    priority: int = 5
+    order_ts: float = 0.0
+    not_before: float = 0.0
+    submitted_at: float = 0.0
+    attempt: int = 1
+    ident: intake.Ident | None = None
+    raw: bytes | None = None
+    observed: tuple[int, int, float] | None = None
+    opened_at: float | None = None  # a writer was seen creating it
+    reject: intake.Inspection | None = None
+    cancel: bool = False
+    generation: int = 0
+
+
+@dataclass(eq=False)
+class Running:
+    entry: Entry
+    job: asyncio.Future[Any] | None = None  # the kind's coroutine, once started
+    stop_reason: str | None = None  # "cancelled" | "timeout" | "released"
+    started_at: float = 0.0
+
+
+@dataclass
+class _Outcome:
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    retryable: bool = False
+
+
+class QueueRunner:
+    def __init__(
+        self,
+        layout: QueueLayout,
+        tuning: QueueTuning,
+        *,
+        kinds: Callable[[], Mapping[str, TaskKind]],
+        committer: GroupCommitter,
+        identity: locks.Identity,
+        clock: Clock,
+        stats: QueueStats,
+    ) -> None:
+        self.layout, self.tuning, self.kinds = layout, tuning, kinds
+        self.committer, self.me, self.clock, self.stats = committer, identity, clock, stats
+        self.entries: dict[str, Entry] = {}
+        self.ready: list[tuple[int, float, int, Entry]] = []
+        self.delayed: list[tuple[float, int, Entry]] = []
+        self.running: dict[str, Running] = {}
+        self.held: set[str] = set()  # lock ids this runner holds (running or committing)
+        self.cancel_wanted: set[str] = set()
+        self._dirty: dict[str, bool] = {}  # name -> an event said the writer closed it
+        self._opened: set[str] = set()  # names a create event showed being written in place
+        self.waiting: dict[str, Entry] = {}  # WAIT entries, re-inspected at the settle pace
+        self._seq = itertools.count()
+        self._generation = 0
+        self._raw_bytes = 0
+        self._wake = asyncio.Event()
+        self._rescan_now = asyncio.Event()
+        self._claiming = True
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._main: asyncio.Task[None] | None = None
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def hint(self, directory: str, name: str, closed: bool) -> None:
+        """A file event: ``name`` in ``tasks/`` or ``cancel/`` may be new or complete."""
+        if directory == "cancel":
+            self.request_cancel(name)
+            return
+        entry = self.entries.get(name)
+        if entry is None or entry.state == WAIT:
+            if not closed and entry is None:
+                self._opened.add(name)
+            self._dirty[name] = self._dirty.get(name, False) or closed
+            self._wake.set()
+
+    def request_cancel(self, task_id: str) -> bool:
+        """Cancel a pending or running task; True when this runner knows the task."""
+        if intake.is_ignored(task_id):
+            return False
+        self.cancel_wanted.add(task_id)
+        run = self.running.get(task_id)
+        if run is not None:
+            self._stop(run, "cancelled")
+            return True
+        entry = self.entries.get(f"{task_id}.json")
+        if entry is not None and entry.state in (QUEUED, DELAYED):
+            entry.cancel = True
+            self._push_ready(entry, front=True)
+            self._wake.set()
+            return True
+        if entry is not None:
+            entry.cancel = True
+            return True
+        return False
+
+    def rescan_soon(self) -> None:
+        self._rescan_now.set()
+        self._wake.set()
+
+    def retune(self, tuning: QueueTuning) -> None:
+        self.tuning = tuning
+        self._wake.set()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._loop(), name=f"queue:{self.layout.name}")
+
+    async def drain(self, grace: float) -> None:
+        """Stop claiming; let running tasks finish for ``grace`` seconds, then release them."""
+        self._claiming = False
+        deadline = time.monotonic() + grace
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for run in list(self.running.values()):
+            self._stop(run, "released")
+        while self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+
+    async def recover(self) -> RecoveryReport:
+        """One recovery pass (stale locks, orphans, tmp, retention), then a rescan."""
+        t = self.tuning
+        report = await asyncio.to_thread(
+            recover, self.layout, self.me, frozenset(self.held), t.lock_timeout, t.retention
+        )
+        self.stats.lock_takeovers += len(report.broken)
+        self.rescan_soon()
+        return report
+
+    async def heartbeat(self) -> None:
+        """Refresh the mtime of every lock this runner holds (every ``lock_timeout / 3``)."""
+        if self.held:
+            await asyncio.to_thread(locks.heartbeat, self.layout, list(self.held))
+
+    def snapshot(self) -> dict[str, int]:
+        states: dict[str, int] = {WAIT: 0, QUEUED: 0, DELAYED: 0, ELSEWHERE: 0}
+        for e in self.entries.values():
+            if e.state in states:
+                states[e.state] += 1
+        return {
+            "pending": len(self.entries) - len(self.running),
+            "running": len(self.running),
+            **states,
+            "succeeded": self.stats.completed,
+            "failed": self.stats.failures,
+            "cancelled": self.stats.cancelled,
+            "retries": self.stats.retries,
+        }
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        await self._rescan()
+        while True:
+            self._wake.clear()
+            if self._rescan_now.is_set():
+                self._rescan_now.clear()
+                await self._rescan()
+            if self._dirty:
+                await self._inspect_dirty()
+            self._promote_due()
+            if self._claiming:
+                await self._claim_some()
+            if self._dirty or (self._claiming and self.ready and self._free_slots() > 0):
+                continue
+            await self._sleep_until_woken(self._next_due())
+
+    async def _sleep_until_woken(self, due: float | None) -> None:
+        waiter = asyncio.ensure_future(self._wake.wait())
+        if due is None:
+            await waiter
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(max(0.0, due - self.clock.time())))
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        for fut in (waiter, sleeper):
+            fut.cancel()
+
+    def _next_due(self) -> float | None:
+        due = [e[0] for e in self.delayed[:1]]
+        # Unsettled files are few; look at them again at the settle pace, not the rescan pace.
+        due += [
+            e.observed[2] + self.tuning.settle_s
+            for e in self.waiting.values()
+            if e.observed is not None and e.opened_at is None
+        ]
+        return min(due) if due else None
+
+    async def _rescan(self) -> None:
+        """List ``tasks/`` and ``cancel/`` by name only and reconcile with what is known."""
+        self._generation += 1
+        generation = self._generation
+        names, cancels = await asyncio.to_thread(self._list_names)
+        self.stats.rescans += 1
+        for name in names:
+            entry = self.entries.get(name)
+            if entry is None or entry.state == WAIT:
+                self._dirty.setdefault(name, False)
+            elif entry.state == ELSEWHERE:
+                self._push_ready(entry)
+        for name, entry in list(self.entries.items()):
+            if name not in names and entry.state != RUNNING and entry.generation < generation:
+                self._forget(entry)
+        for task_id in cancels:
+            if task_id not in self.cancel_wanted:
+                self.request_cancel(task_id)
+
+    def _list_names(self) -> tuple[set[str], set[str]]:
+        with os.scandir(self.layout.tasks) as it:
+            names = {e.name for e in it}
+        with os.scandir(self.layout.cancel) as it:
+            cancels = {e.name for e in it}
+        return names, cancels
+
+    async def _inspect_dirty(self) -> None:
+        batch, self._dirty = self._dirty, {}
+        now = self.clock.time()
+        args = []
+        for name, closed in batch.items():
+            entry = self.entries.get(name)
+            previous = entry.observed if entry is not None else None
+            # A writer still has it open: wait for its close-write, not for quiet.
+            opened_at = entry.opened_at if entry is not None else None
+            if opened_at is not None and not closed and now - opened_at < OPEN_WRITER_GRACE:
+                continue
+            args.append((name, closed, previous))
+        if not args:
+            return
+        results = await asyncio.to_thread(self._inspect_batch, args, now)
+        for (name, closed, _), result in zip(args, results, strict=True):
+            self._ingest(name, closed, result, now)
+
+    def _inspect_batch(
+        self, args: list[tuple[str, bool, tuple[int, int, float] | None]], now: float
+    ) -> list[intake.Inspection]:
+        t = self.tuning
+        return [
+            intake.inspect(
+                self.layout,
+                name,
+                closed=closed,
+                previous=previous,
+                now=now,
+                settle_s=t.settle_s,
+                trust_mtime=not t.polling,
+                max_bytes=t.max_task_bytes,
+            )
+            for name, closed, previous in args
+        ]
+
+    def _ingest(self, name: str, closed: bool, result: intake.Inspection, now: float) -> None:
+        entry = self.entries.get(name)
+        if result.verdict in ("ignore", "gone"):
+            if entry is not None and entry.state != RUNNING:
+                self._forget(entry)
+            return
+        opened = name in self._opened
+        self._opened.discard(name)
+        if entry is None:
+            lock_id = result.record_id or intake.task_id_of(name) or name
+            entry = Entry(name, lock_id, generation=self._generation)
+            self.entries[name] = entry
+        elif entry.state != WAIT:
+            return
+        if result.verdict == "wait":
+            if opened and entry.opened_at is None:
+                entry.opened_at = now  # a writer has it open: wait for its close-write
+            if entry.observed is None or entry.observed[:2] != (result.size, result.mtime_ns):
+                entry.observed = (result.size, result.mtime_ns, now)
+            self.waiting[name] = entry
+            return
+        self.waiting.pop(name, None)
+        if result.verdict == "reject":
+            entry.lock_id = result.record_id
+            entry.reject = result
+            entry.priority = 10  # rejections are cheap: clear them first
+            self._push_ready(entry)
+            return
+        entry.ident, entry.submitted_at = result.ident, result.mtime_ns / 1e9
+        self._cache_raw(entry, result.raw)
+        task = result.task
+        if task is None:  # unparseable: recorded at once, under its own id
+            entry.priority = 10
+            self._push_ready(entry)
+            return
+        if task.meta is not None:
+            entry.attempt = task.meta.attempts + 1
+            entry.submitted_at = task.meta.submitted_at or entry.submitted_at
+        entry.priority = task.priority
+        entry.not_before = task.not_before_ts() or 0.0
+        entry.order_ts = entry.not_before or entry.submitted_at
+        if entry.lock_id in self.cancel_wanted:
+            entry.cancel = True
+            entry.priority = 10
+        if entry.not_before > self.clock.time() and not entry.cancel:
+            entry.state = DELAYED
+            heapq.heappush(self.delayed, (entry.not_before, next(self._seq), entry))
+        else:
+            self._push_ready(entry)
+
+    def _cache_raw(self, entry: Entry, raw: bytes | None) -> None:
+        self._drop_raw(entry)
+        # Beyond the budget only the sort keys stay in memory; the file is re-read at claim.
+        if raw is not None and self._raw_bytes + len(raw) <= RAW_CACHE_BYTES:
+            entry.raw = raw
+            self._raw_bytes += len(raw)
+
+    def _drop_raw(self, entry: Entry) -> None:
+        if entry.raw is not None:
+            self._raw_bytes -= len(entry.raw)
+            entry.raw = None
+
+    def _push_ready(self, entry: Entry, front: bool = False) -> None:
+        entry.state = QUEUED
+        priority = 99 if front else entry.priority
+        heapq.heappush(self.ready, (-priority, entry.order_ts, next(self._seq), entry))
+
+    def _promote_due(self) -> None:
+        now = self.clock.time()
+        for name, e in self.waiting.items():
+            observed = e.observed
+            if observed and e.opened_at is None and observed[2] + self.tuning.settle_s <= now:
+                self._dirty.setdefault(name, False)
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, entry = heapq.heappop(self.delayed)
+            if entry.state == DELAYED and self.entries.get(entry.name) is entry:
+                self._push_ready(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        if self.entries.get(entry.name) is entry:
+            del self.entries[entry.name]
+            self.waiting.pop(entry.name, None)
+        self._drop_raw(entry)
+        entry.state = "gone"
+
+    def _free_slots(self) -> int:
+        return self.tuning.concurrency - len(self.running)
+
+    # ---- claiming -----------------------------------------------------------------------
+
+    async def _claim_some(self) -> None:
+        picked: list[Entry] = []
+        free = self._free_slots()
+        while self.ready and len(picked) < free:
+            *_, entry = heapq.heappop(self.ready)
+            if entry.state == QUEUED and self.entries.get(entry.name) is entry:
+                entry.state = RUNNING  # reserved while the claim is in flight
+                picked.append(entry)
+        if not picked:
+            return
+        now = self.clock.time()
+        claims = await asyncio.to_thread(self._claim_batch, picked, now)
+        for entry, result in zip(picked, claims, strict=True):
+            self._after_claim(entry, result)
+
+    def _claim_batch(self, picked: list[Entry], now: float) -> list[intake.Claim]:
+        out = []
+        for entry in picked:
+            name = None if entry.reject is not None else entry.name
+            out.append(
+                intake.claim(
+                    self.layout,
+                    entry.lock_id,
+                    name,
+                    entry.ident,
+                    entry.raw,
+                    self.me,
+                    entry.attempt,
+                    now,
+                )
+            )
+        return out
+
+    def _after_claim(self, entry: Entry, claim: intake.Claim) -> None:
+        if claim.outcome == "busy":
+            entry.state = ELSEWHERE
+            self._drop_raw(entry)
+            return
+        if claim.outcome == "gone":
+            self._forget(entry)
+            return
+        self.held.add(entry.lock_id)
+        if claim.outcome == "done":
+            self._spawn(self._finish_leftover(entry))
+            return
+        if claim.raw:
+            entry.ident = claim.ident
+            self._cache_raw(entry, claim.raw)
+        run = Running(entry, started_at=self.clock.time())
+        self.running[entry.lock_id] = run
+        self._spawn(self._execute(run, claim.raw, claim.outcome == "duplicate"))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- running ------------------------------------------------------------------------
+
+    def _stop(self, run: Running, reason: str) -> None:
+        # Only the kind's coroutine is cancelled, never the bookkeeping around it, so a
+        # record being committed is never cut in half.
+        if run.stop_reason is None:
+            run.stop_reason = reason
+            if run.job is not None:
+                run.job.cancel()
+
+    async def _execute(self, run: Running, raw: bytes, duplicate: bool) -> None:
+        entry = run.entry
+        try:
+            if entry.reject is not None:
+                await self._reject(entry)
+                return
+            try:
+                task, obj = parse_task(raw)
+            except TaskError as exc:
+                await self._record_parse_error(entry, raw, exc)
+                return
+            if duplicate:
+                await self._record_duplicate(entry, raw, task)
+                return
+            outcome = await self._run_task(run, task)
+            if outcome is None:  # released during a drain: no record, the task stays queued
+                await asyncio.to_thread(locks.release, self.layout, entry.lock_id)
+                self.held.discard(entry.lock_id)
+                self._forget(entry)
+                return
+            if outcome.retryable and entry.attempt < task.max_attempts:
+                await self._retry(entry, obj, outcome)
+                return
+            await self._record(entry, task, raw, run.started_at, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Bookkeeping failed (disk full, say): keep the lock so no one else records it;
+            # recovery will judge it stale once this daemon is gone, and the task re-runs.
+            log.exception("queue %s: task %s could not be completed", self.layout.name, entry.name)
+        finally:
+            self.running.pop(entry.lock_id, None)
+            self._wake.set()
+
+    async def _run_task(self, run: Running, task: Task) -> _Outcome | None:
+        entry = run.entry
+        if run.stop_reason == "released":
+            return None
+        if entry.cancel or run.stop_reason == "cancelled":
+            return _Outcome("cancelled", error=_err("CANCELLED", "cancelled before it started"))
+        kind = self.kinds().get(task.kind)
+        if kind is None:
+            known = ", ".join(sorted(self.kinds())) or "none"
+            return _Outcome(
+                "failed",
+                error=_err(
+                    "UNKNOWN_KIND",
+                    f"no task kind {task.kind!r} is installed (known kinds: {known}); "
+                    "fix 'kind' or install the plugin that provides it",
+                ),
+            )
+        try:
+            value = kind.parse_input(task.input)
+        except TaskError as exc:
+            return _Outcome("failed", error=exc.to_dict())
+        ctx = TaskContext(
+            id=entry.lock_id,
+            queue=self.layout.name,
+            kind=task.kind,
+            attempt=entry.attempt,
+            max_attempts=task.max_attempts,
+            node=self.me.node,
+            labels=dict(task.labels),
+            timeout_s=task.timeout_s,
+        )
+        job = run.job = asyncio.ensure_future(kind.run(ctx, value))
+        timer = None
+        if task.timeout_s is not None:
+            timer = asyncio.ensure_future(self.clock.sleep(task.timeout_s))
+        try:
+            waiting: set[asyncio.Future[Any]] = {job} if timer is None else {job, timer}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if not job.done():
+            run.stop_reason = run.stop_reason or "timeout"
+            job.cancel()
+            # A handler that ignores cancellation must not hold its record hostage.
+            await asyncio.wait({job}, timeout=CANCEL_GRACE_S)
+        reason = run.stop_reason
+        if reason == "released":
+            return None
+        if reason == "cancelled":
+            return _Outcome("cancelled", error=_err("CANCELLED", "cancelled while running"))
+        if reason == "timeout":
+            return _Outcome(
+                "failed",
+                error=_err(
+                    "TIMEOUT",
+                    f"attempt exceeded timeout_s={task.timeout_s:g}; "
+                    "raise timeout_s or make the work smaller",
+                ),
+                retryable=True,
+            )
+        if not job.done() or job.cancelled():
+            return _Outcome("failed", error=_err("TASK_FAILED", "the handler was cancelled"))
+        failure = job.exception()
+        if failure is None:
+            output = job.result()
+            try:
+                json.dumps(output)
+            except (TypeError, ValueError) as err:
+                return _Outcome(
+                    "failed", error=_err("OUTPUT_NOT_JSON", f"output is not JSON: {err}")
+                )
+            return _Outcome("succeeded", output=output)
+        if isinstance(failure, TaskFailed):
+            return _Outcome("failed", error=failure.to_dict(), retryable=failure.retryable)
+        log.warning("queue %s: task %s raised %r", self.layout.name, entry.name, failure)
+        return _Outcome(
+            "failed",
+            error=_err("TASK_FAILED", f"{type(failure).__name__}: {failure}"),
+            retryable=True,
+        )
+
+    async def _retry(self, entry: Entry, obj: dict[str, Any], outcome: _Outcome) -> None:
+        t = self.tuning
+        base = min(t.retry_max_s, t.retry_base_s * 2 ** (entry.attempt - 1))
+        delay = base * random.uniform(0.5, 1.0)  # jitter keeps retries of a burst apart
+        due = self.clock.time() + delay
+        obj = dict(obj)
+        obj["not_before"] = iso(due)
+        obj["meta"] = {
+            "attempts": entry.attempt,
+            "submitted_at": entry.submitted_at,
+            "last_error": outcome.error,
+        }
+        raw = json.dumps(obj).encode()
+        ident = await asyncio.to_thread(self._rewrite, entry, raw)
+        self.held.discard(entry.lock_id)
+        self.stats.retries += 1
+        entry.attempt += 1
+        entry.ident, entry.not_before = ident, due
+        entry.order_ts = due
+        self._cache_raw(entry, raw)
+        if entry.cancel:
+            self._push_ready(entry, front=True)
+        else:
+            entry.state = DELAYED
+            heapq.heappush(self.delayed, (due, next(self._seq), entry))
+
+    def _rewrite(self, entry: Entry, raw: bytes) -> intake.Ident:
+        tmp = self.layout.tmp / f".retry.{entry.lock_id}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, raw)
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.layout.tasks / entry.name)
+        locks.release(self.layout, entry.lock_id)
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    # ---- records ------------------------------------------------------------------------
+
+    def _envelope(self, entry: Entry, status: str, kind: str | None) -> dict[str, Any]:
+        return {
+            "id": entry.lock_id,
+            "queue": self.layout.name,
+            "status": status,
+            "kind": kind,
+            "attempts": entry.attempt,
+            "node": self.me.node,
+            "submitted_at": iso(entry.submitted_at) if entry.submitted_at else None,
+        }
+
+    async def _record(
+        self, entry: Entry, task: Task, raw: bytes, started: float, outcome: _Outcome
+    ) -> None:
+        finished = self.clock.time()
+        record = self._envelope(entry, outcome.status, task.kind)
+        record.update(
+            started_at=iso(started),
+            finished_at=iso(finished),
+            duration_ms=round((finished - started) * 1000, 3),
+            labels=task.labels,
+            task_sha256=digest(raw),
+        )
+        if outcome.status == "succeeded":
+            record["output"] = outcome.output
+        else:
+            record["error"] = outcome.error
+            record["task"] = task.model_dump(mode="json", exclude_none=True)
+        await self._commit(entry, record, task_name=entry.name)
+        if entry.submitted_at:
+            self.stats.observe_latency(max(0.0, finished - entry.submitted_at))
+
+    async def _record_parse_error(self, entry: Entry, raw: bytes, exc: TaskError) -> None:
+        record = self._envelope(entry, "failed", None)
+        record.update(finished_at=iso(self.clock.time()), error=exc.to_dict())
+        record["task_sha256"] = digest(raw)
+        try:
+            obj = json.loads(raw)
+            record["task"] = obj
+            record["kind"] = obj.get("kind") if isinstance(obj, dict) else None
+        except ValueError:
+            record.update(raw_fields(raw))
+        await self._commit(entry, record, task_name=entry.name)
+
+    async def _record_duplicate(self, entry: Entry, raw: bytes, task: Task) -> None:
+        """A new task under an id that already has a record: record it apart, keep both."""
+        dup_id = f"{entry.lock_id[:100]}.dup-{digest(raw)[:10]}"
+        record = self._envelope(entry, "failed", task.kind)
+        record.update(
+            id=dup_id,
+            finished_at=iso(self.clock.time()),
+            error=_err(
+                "DUPLICATE_ID",
+                f"a task with id {entry.lock_id!r} already has a record; "
+                "submit new work under a new id",
+                {"original_id": entry.lock_id},
+            ),
+            task=task.model_dump(mode="json", exclude_none=True),
+            task_sha256=digest(raw),
+            original_name=entry.name,
+        )
+        # The lock stays on the original id; the record goes under the new one.
+        await self._commit(entry, record, task_name=entry.name, record_id=dup_id)
+
+    async def _reject(self, entry: Entry) -> None:
+        info = entry.reject
+        assert info is not None
+        aside = f"{entry.lock_id}.orig"
+        record = self._envelope(entry, "failed", None)
+        record.update(
+            finished_at=iso(self.clock.time()),
+            error=_err(info.code, info.message, {"original_name": entry.name}),
+            original_name=entry.name,
+            preserved_as=f"errors/{aside}",
+        )
+        exists = await asyncio.to_thread(self.layout.find_record, entry.lock_id)
+        if exists is not None:  # recorded before a crash: only the move aside is left to do
+            await self._commit(entry, None, task_name=entry.name, move_aside=aside)
+            return
+        await self._commit(entry, record, task_name=entry.name, move_aside=aside)
+
+    async def _finish_leftover(self, entry: Entry) -> None:
+        """The task's record is already durable (a crash cut the cleanup short)."""
+        try:
+            await self._commit(entry, None, task_name=entry.name)
+        finally:
+            self._wake.set()
+
+    async def _commit(
+        self,
+        entry: Entry,
+        record: dict[str, Any] | None,
+        *,
+        task_name: str,
+        record_id: str | None = None,
+        move_aside: str | None = None,
+    ) -> None:
+        task_id = intake.task_id_of(entry.name)
+        cancel_id = task_id if task_id is not None and task_id in self.cancel_wanted else None
+        if record is None:
+            item = Completion(
+                self.layout,
+                entry.lock_id,
+                "results",
+                b"",
+                task_name,
+                move_aside,
+                entry.lock_id,
+                cancel_id,
+            )
+            await asyncio.to_thread(_cleanup_only, item)
+        else:
+            status_dir = "results" if record["status"] == "succeeded" else "errors"
+            item = Completion(
+                self.layout,
+                record_id or entry.lock_id,
+                status_dir,
+                dump_record(record),
+                task_name,
+                move_aside,
+                entry.lock_id,
+                cancel_id,
+            )
+            await self._commit_until_durable(item)
+            self.stats.count(record["status"], record.get("kind"), record.get("error"))
+        if cancel_id is not None:
+            self.cancel_wanted.discard(cancel_id)
+        self.held.discard(entry.lock_id)
+        self._forget(entry)
+
+    async def _commit_until_durable(self, item: Completion) -> None:
+        """Retry a record that cannot be written (disk full, say) while keeping the lock."""
+        delay = 0.5
+        while True:
+            item.error, item.written = None, False
+            await self.committer.commit(item)
+            if item.written:
+                return
+            if item.error == "record already exists":
+                log.warning("queue %s: %s was recorded elsewhere", self.layout.name, item.record_id)
+                return
+            self.stats.record_failures += 1
+            log.error(
+                "queue %s: cannot record %s (%s); retrying in %.1fs",
+                self.layout.name,
+                item.record_id,
+                item.error,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _cleanup_only(item: Completion) -> None:
+    from ploinkyd.queue.committer import cleanup
+
+    cleanup(item)
+
+
+def _err(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "details": details or {}}

@@ -1,0 +1,150 @@
+"""Task files in, records out: the two documents of the queue protocol.
+
+Parsing never raises anything but ``TaskError``: every way a file can be wrong maps to a stable
+code and a message that tells the producer what to fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from ploinkyd.errors import TaskError
+from ploinkyd.kinds import describe_validation, validation_details
+
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+ID_RE = re.compile(ID_PATTERN)
+TASK_SUFFIX = ".json"
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskMeta(BaseModel):
+    """Written by the daemon when it re-queues a task for a retry; producers leave it out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = 0
+    submitted_at: float | None = None
+    last_error: ErrorInfo | None = None
+
+
+class Task(BaseModel):
+    """A task file as a producer writes it (SPEC §3)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: StrictStr = Field(min_length=1, max_length=128)
+    input: Any = None
+    priority: StrictInt = Field(5, ge=0, le=9)
+    not_before: datetime | None = None
+    timeout_s: float | None = Field(None, gt=0)
+    max_attempts: StrictInt = Field(1, ge=1, le=100)
+    labels: dict[str, StrictStr] = Field(default_factory=dict)
+    meta: TaskMeta | None = None
+
+    def not_before_ts(self) -> float | None:
+        if self.not_before is None:
+            return None
+        nb = self.not_before
+        if nb.tzinfo is None:  # a naive time is taken as UTC, as the example in SPEC §3 is
+            nb = nb.replace(tzinfo=UTC)
+        return nb.timestamp()
+
+
+class Record(BaseModel):
+    """A success or error record (``results/<id>.json`` / ``errors/<id>.json``)."""
+
+    id: str
+    queue: str
+    status: Literal["succeeded", "failed", "cancelled"]
+    kind: str | None = None
+    output: Any = None
+    attempts: int = 0
+    node: str
+    submitted_at: str | None = None
+    started_at: str | None = None
+    finished_at: str
+    duration_ms: float | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    task: Any = None
+    task_raw: str | None = None
+    task_raw_b64: str | None = None
+    task_sha256: str | None = None
+    original_name: str | None = None
+    preserved_as: str | None = None
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def parse_task(raw: bytes) -> tuple[Task, dict[str, Any]]:
+    """Parse a task file's bytes into a ``Task`` and the JSON object it came from."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(
+            f"task file is not UTF-8 text (bad byte at offset {exc.start}); "
+            "write the task as a JSON object in UTF-8",
+            code="INVALID_JSON",
+        ) from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TaskError(
+            f"task file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="INVALID_JSON",
+            details={"line": exc.lineno, "column": exc.colno},
+        ) from None
+    if not isinstance(obj, dict):
+        raise TaskError(
+            f'task file must hold a JSON object like {{"kind": "echo", "input": ...}}, '
+            f"got a JSON {type(obj).__name__}",
+            code="INVALID_TASK",
+        )
+    try:
+        return Task.model_validate(obj), obj
+    except ValidationError as exc:
+        unknown = [e["loc"][0] for e in exc.errors() if e["type"] == "extra_forbidden"]
+        hint = ""
+        if unknown:
+            allowed = ", ".join(f for f in Task.model_fields if f != "meta")
+            hint = f" (allowed top-level fields: {allowed}; put free-form data under 'input')"
+        raise TaskError(
+            f"invalid task: {describe_validation(exc)}{hint}",
+            code="INVALID_TASK",
+            details={"errors": validation_details(exc)},
+        ) from None
+
+
+def raw_fields(raw: bytes) -> dict[str, str]:
+    """The original bytes for an error record: text when it is UTF-8, else base64 as well."""
+    try:
+        return {"task_raw": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {
+            "task_raw": raw.decode("utf-8", errors="backslashreplace"),
+            "task_raw_b64": base64.b64encode(raw).decode(),
+        }
+
+
+def dump_record(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).encode()

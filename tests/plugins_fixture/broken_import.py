@@ -1,0 +1,3 @@
+"""A plugin whose dependency is missing: importing it fails."""
+
+raise ImportError("the frobnicator library is not installed")
