@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -123,9 +124,9 @@ class Daemon:
             done += snap["succeeded"]
             failed += snap["failed"] + snap["cancelled"]
         state = "draining" if self.draining else ("ready" if self.ready else self.not_ready_reason)
+        queues = f"{len(self.queues)} queue{'s' if len(self.queues) != 1 else ''}"
         return (
-            f"{state}: {len(self.queues)} queues, {pending} pending, {running} running, "
-            f"{done} done, {failed} failed"
+            f"{state}: {queues}, {pending} pending, {running} running, {done} done, {failed} failed"
         )
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -155,7 +156,10 @@ class Daemon:
 
     def _take_instance_lock(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / "daemon.lock"
+        # One daemon per (state dir, node id): nodes sharing a state dir on a network
+        # filesystem each hold their own lock.
+        node = re.sub(r"[^A-Za-z0-9._-]", "_", self.identity.node)
+        path = self.state_dir / f"daemon.{node}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -163,8 +167,9 @@ class Daemon:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise ConflictError(
-                f"another ploinkyd (pid {holder}) already serves state dir {self.state_dir}; "
-                "stop it or pass a different --state-dir",
+                f"another ploinkyd (pid {holder}) with node id {self.identity.node!r} already "
+                f"serves state dir {self.state_dir}; stop it or pass another --state-dir "
+                "or --node-id",
                 code="ALREADY_RUNNING",
             ) from None
         os.ftruncate(fd, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -27,6 +28,7 @@ from ploinkyd.queue.task import Task
 if TYPE_CHECKING:
     from ploinkyd.daemon import Daemon
 
+log = logging.getLogger("ploinkyd.api")
 DAEMON = web.AppKey["Daemon"]("daemon")
 MAX_WAIT_S = 3600.0
 TASK_STATES = ("pending", "running", "succeeded", "failed", "finished", "all")
@@ -98,10 +100,16 @@ async def submit_task(request: web.Request) -> web.Response:
             code="UNKNOWN_KIND",
         )
     task_id = await asyncio.to_thread(producer.submit, handle.layout, body, task_id)
+    # link(2) raises only a create event, which alone would leave the file to settle first.
+    handle.runner.hint("tasks", f"{task_id}.json", closed=True)
+    # link(2) shows up as IN_CREATE with no close-write, which reads like a producer still
+    # writing in place; the file is complete, so say so instead of waiting out the grace.
+    handle.runner.hint("tasks", f"{task_id}.json", closed=True)
     wait = float_param(request, "wait", None, MAX_WAIT_S)
     if wait:
         result = await _wait_for(d, handle.name, task_id, wait)
-        return web.json_response(result, status=200 if result["state"] != "pending" else 202)
+        unfinished = result["state"] in ("pending", "running")
+        return web.json_response(result, status=202 if unfinished else 200)
     location = f"/v1/tasks/{handle.name}/{task_id}"
     return web.json_response(
         {"id": task_id, "queue": handle.name, "state": "pending", "location": location},
@@ -118,8 +126,19 @@ async def list_tasks(request: web.Request) -> web.Response:
         raise UserError(f"state must be one of {', '.join(TASK_STATES)}, got {state!r}")
     ids = await asyncio.to_thread(producer.list_ids, handle.layout, state)
     page = paginate(request, ids)
-    page["data"] = [{"id": tid, "queue": handle.name, "state": s} for tid, s in page["data"]]
+    page["data"] = await asyncio.to_thread(_with_final_states, handle.layout, page["data"])
     return web.json_response(page)
+
+
+def _with_final_states(layout: Any, items: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Tell cancelled from failed for the page's records (both live in errors/)."""
+    out = []
+    for tid, state in items:
+        if state == "failed":
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                state = json.loads(layout.record_file(tid, "errors").read_bytes())["status"]
+        out.append({"id": tid, "queue": layout.name, "state": state})
+    return out
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -190,11 +209,16 @@ def build_app(daemon: Daemon) -> web.Application:
             web.get("/metrics", prometheus),
         ]
     )
+    by_plugin: dict[str, list[web.RouteDef]] = {}
     for plugin, route in daemon.plugins.api_routes():
+        by_plugin.setdefault(plugin, []).append(route)
+    for plugin, routes in by_plugin.items():
         sub = web.Application()
-        sub.add_routes([route])
-        with contextlib.suppress(Exception):
+        try:
+            sub.add_routes(routes)
             app.add_subapp(f"/v1/x/{plugin}/", sub)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            log.error("plugin %s: its API routes were not mounted: %s", plugin, exc)
     return app
 
 

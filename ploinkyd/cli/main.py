@@ -129,7 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     psub.add_parser(
         "list", help="each plugin, its hooks and any error", parents=[common]
     ).set_defaults(func=cmd_plugin_list)
+    _plugin_commands(sub)
     return p
+
+
+def _plugin_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """Let plugins add commands; a broken plugin is reported and the CLI keeps working."""
+    from ploinkyd.plugins import PluginHost
+
+    try:  # flags are not parsed yet: files and environment decide what is disabled
+        disabled = load_config().config.plugins.disabled
+    except PloinkyError:
+        disabled = []  # the command itself will report the bad config
+    host = PluginHost(disabled=disabled)
+    host.load()
+    host.add_cli_commands(sub)
 
 
 # ---- config and client ------------------------------------------------------------------

@@ -7,9 +7,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.table import Table
-
 QUEUE_COLUMNS = ["name", "watch", "concurrency", "pending", "running", "succeeded", "failed"]
 
 
@@ -17,17 +14,19 @@ def emit_json(value: Any, stream: TextIO | None = None) -> None:
     print(json.dumps(value, indent=2, sort_keys=False, default=str), file=stream or sys.stdout)
 
 
-def _console() -> Console:
-    return Console(soft_wrap=True)
-
-
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    # Imported here: the daemon imports the CLI module and need not pay for rich.
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for col in columns:
         t.add_column(col.upper())
     for row in rows:
         t.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    _console().print(t)
+    # Piped output is for grep and scripts: never cut a path or key short to fit 80 columns.
+    width = None if sys.stdout.isatty() else 100_000
+    Console(soft_wrap=True, width=width).print(t)
 
 
 def mapping(value: dict[str, Any]) -> None:

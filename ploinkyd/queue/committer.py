@@ -96,6 +96,9 @@ def cleanup(item: Completion) -> None:
         try:
             if item.move_aside is not None:
                 os.rename(src, layout.errors / item.move_aside)
+                # Retention goes by mtime: the preserved original must live as long as its
+                # record, not expire at once because it was copied with an old mtime.
+                os.utime(layout.errors / item.move_aside, follow_symlinks=False)
             else:
                 os.unlink(src)
         except FileNotFoundError:

@@ -17,7 +17,7 @@ from typing import Literal
 from ploinkyd.errors import TaskError
 from ploinkyd.queue import locks
 from ploinkyd.queue.layout import QueueLayout
-from ploinkyd.queue.task import ID_RE, TASK_SUFFIX, Task, digest, parse_task
+from ploinkyd.queue.task import ID_RE, TASK_SUFFIX, Task, digest, original_digest, parse_task
 
 Ident = tuple[int, int, int]  # (inode, size, mtime_ns): "the same file as when we read it"
 
@@ -68,11 +68,14 @@ def inspect(
     settle_s: float,
     trust_mtime: bool,
     max_bytes: int,
+    patient: bool = False,
 ) -> Inspection:
     """Classify one name in ``tasks/`` and, when it is a complete task file, read it.
 
     ``previous`` is (size, mtime_ns, observed_at) from an earlier look at a file no event has
-    declared complete; it must be unchanged for ``settle_s`` before the file is read.
+    declared complete; it must be unchanged for ``settle_s`` before the file is read. Such a
+    file that does not parse as a JSON object is taken for one still being written (a producer
+    that paused mid-file, or whose close event was lost) while ``patient`` holds.
     """
     if is_ignored(name):
         return Inspection(name, "ignore")
@@ -117,6 +120,11 @@ def inspect(
         quiet = trust_mtime and now - st.st_mtime >= settle_s
         if not (settled or quiet):
             return Inspection(name, "wait", size=st.st_size, mtime_ns=st.st_mtime_ns)
+        result = read_task(layout, name)
+        unfinished = result.parse_error is not None and result.parse_error.code == "INVALID_JSON"
+        if patient and unfinished:
+            return Inspection(name, "wait", size=st.st_size, mtime_ns=st.st_mtime_ns)
+        return result
     return read_task(layout, name)
 
 
@@ -196,10 +204,18 @@ def claim(
     record = layout.find_record(lock_id)
     if record is not None:
         # Finished before (a crash between the record and the unlink) if it is the same task.
-        if _recorded_digest(record) == digest(raw):
+        if _recorded_digest(record) in (digest(raw), _claimed_original(raw)):
             return Claim(lock_id, "done", raw, ident)
         return Claim(lock_id, "duplicate", raw, ident)
     return Claim(lock_id, "claimed", raw, ident)
+
+
+def _claimed_original(raw: bytes) -> str | None:
+    try:
+        task, _ = parse_task(raw)
+    except TaskError:
+        return None
+    return original_digest(raw, task)
 
 
 def _recorded_digest(path: os.PathLike[str]) -> str | None:

@@ -31,13 +31,21 @@ from ploinkyd.queue.committer import Completion, GroupCommitter
 from ploinkyd.queue.layout import QueueLayout
 from ploinkyd.queue.recovery import RecoveryReport, recover
 from ploinkyd.queue.stats import QueueStats
-from ploinkyd.queue.task import Task, digest, dump_record, iso, parse_task, raw_fields
+from ploinkyd.queue.task import (
+    Task,
+    digest,
+    dump_record,
+    iso,
+    original_digest,
+    parse_task,
+    raw_fields,
+)
 
 log = logging.getLogger("ploinkyd.queue")
 
 WAIT, QUEUED, DELAYED, ELSEWHERE, RUNNING = "wait", "queued", "delayed", "elsewhere", "running"
-# How long a file announced as created but never closed may sit before it is judged by
-# stability alone (the close event may have been lost in an inotify overflow).
+# How long a file that no event declared complete, and that does not parse yet, may stay
+# unparseable before it is recorded as INVALID_JSON (a writer may pause mid-file).
 OPEN_WRITER_GRACE = 30.0
 RAW_CACHE_BYTES = 32 << 20
 CANCEL_GRACE_S = 5.0
@@ -70,7 +78,7 @@ class Entry:
     ident: intake.Ident | None = None
     raw: bytes | None = None
     observed: tuple[int, int, float] | None = None
-    opened_at: float | None = None  # a writer was seen creating it
+    first_seen: float = 0.0
     reject: intake.Inspection | None = None
     cancel: bool = False
     generation: int = 0
@@ -113,7 +121,6 @@ class QueueRunner:
         self.held: set[str] = set()  # lock ids this runner holds (running or committing)
         self.cancel_wanted: set[str] = set()
         self._dirty: dict[str, bool] = {}  # name -> an event said the writer closed it
-        self._opened: set[str] = set()  # names a create event showed being written in place
         self.waiting: dict[str, Entry] = {}  # WAIT entries, re-inspected at the settle pace
         self._seq = itertools.count()
         self._generation = 0
@@ -133,8 +140,6 @@ class QueueRunner:
             return
         entry = self.entries.get(name)
         if entry is None or entry.state == WAIT:
-            if not closed and entry is None:
-                self._opened.add(name)
             self._dirty[name] = self._dirty.get(name, False) or closed
             self._wake.set()
 
@@ -250,7 +255,7 @@ class QueueRunner:
         due += [
             e.observed[2] + self.tuning.settle_s
             for e in self.waiting.values()
-            if e.observed is not None and e.opened_at is None
+            if e.observed is not None
         ]
         return min(due) if due else None
 
@@ -287,19 +292,16 @@ class QueueRunner:
         for name, closed in batch.items():
             entry = self.entries.get(name)
             previous = entry.observed if entry is not None else None
-            # A writer still has it open: wait for its close-write, not for quiet.
-            opened_at = entry.opened_at if entry is not None else None
-            if opened_at is not None and not closed and now - opened_at < OPEN_WRITER_GRACE:
-                continue
-            args.append((name, closed, previous))
+            patient = entry is None or now - entry.first_seen < OPEN_WRITER_GRACE
+            args.append((name, closed, previous, patient))
         if not args:
             return
         results = await asyncio.to_thread(self._inspect_batch, args, now)
-        for (name, closed, _), result in zip(args, results, strict=True):
+        for (name, closed, _, _), result in zip(args, results, strict=True):
             self._ingest(name, closed, result, now)
 
     def _inspect_batch(
-        self, args: list[tuple[str, bool, tuple[int, int, float] | None]], now: float
+        self, args: list[tuple[str, bool, tuple[int, int, float] | None, bool]], now: float
     ) -> list[intake.Inspection]:
         t = self.tuning
         return [
@@ -312,8 +314,9 @@ class QueueRunner:
                 settle_s=t.settle_s,
                 trust_mtime=not t.polling,
                 max_bytes=t.max_task_bytes,
+                patient=patient,
             )
-            for name, closed, previous in args
+            for name, closed, previous, patient in args
         ]
 
     def _ingest(self, name: str, closed: bool, result: intake.Inspection, now: float) -> None:
@@ -322,17 +325,13 @@ class QueueRunner:
             if entry is not None and entry.state != RUNNING:
                 self._forget(entry)
             return
-        opened = name in self._opened
-        self._opened.discard(name)
         if entry is None:
             lock_id = result.record_id or intake.task_id_of(name) or name
-            entry = Entry(name, lock_id, generation=self._generation)
+            entry = Entry(name, lock_id, generation=self._generation, first_seen=now)
             self.entries[name] = entry
         elif entry.state != WAIT:
             return
         if result.verdict == "wait":
-            if opened and entry.opened_at is None:
-                entry.opened_at = now  # a writer has it open: wait for its close-write
             if entry.observed is None or entry.observed[:2] != (result.size, result.mtime_ns):
                 entry.observed = (result.size, result.mtime_ns, now)
             self.waiting[name] = entry
@@ -387,7 +386,7 @@ class QueueRunner:
         now = self.clock.time()
         for name, e in self.waiting.items():
             observed = e.observed
-            if observed and e.opened_at is None and observed[2] + self.tuning.settle_s <= now:
+            if observed and observed[2] + self.tuning.settle_s <= now:
                 self._dirty.setdefault(name, False)
         while self.delayed and self.delayed[0][0] <= now:
             _, _, entry = heapq.heappop(self.delayed)
@@ -488,6 +487,8 @@ class QueueRunner:
             if duplicate:
                 await self._record_duplicate(entry, raw, task)
                 return
+            if await self._retried_elsewhere(run, task):
+                return
             outcome = await self._run_task(run, task)
             if outcome is None:  # released during a drain: no record, the task stays queued
                 await asyncio.to_thread(locks.release, self.layout, entry.lock_id)
@@ -495,7 +496,7 @@ class QueueRunner:
                 self._forget(entry)
                 return
             if outcome.retryable and entry.attempt < task.max_attempts:
-                await self._retry(entry, obj, outcome)
+                await self._retry(entry, obj, outcome, original_digest(raw, task))
                 return
             await self._record(entry, task, raw, run.started_at, outcome)
         except asyncio.CancelledError:
@@ -507,6 +508,23 @@ class QueueRunner:
         finally:
             self.running.pop(entry.lock_id, None)
             self._wake.set()
+
+    async def _retried_elsewhere(self, run: Running, task: Task) -> bool:
+        """Another node may have retried the task since we read it (we found it claimed, then
+        free): count its attempts, and put it back to wait when its backoff has not passed."""
+        entry = run.entry
+        if task.meta is not None:
+            entry.attempt = max(entry.attempt, task.meta.attempts + 1)
+        due = task.not_before_ts() or 0.0
+        if due <= self.clock.time() or entry.cancel or run.stop_reason is not None:
+            return False
+        await asyncio.to_thread(locks.release, self.layout, entry.lock_id)
+        self.held.discard(entry.lock_id)
+        entry.priority, entry.not_before, entry.order_ts = task.priority, due, due
+        if self.entries.get(entry.name) is entry:
+            entry.state = DELAYED
+            heapq.heappush(self.delayed, (due, next(self._seq), entry))
+        return True
 
     async def _run_task(self, run: Running, task: Task) -> _Outcome | None:
         entry = run.entry
@@ -590,7 +608,9 @@ class QueueRunner:
             retryable=True,
         )
 
-    async def _retry(self, entry: Entry, obj: dict[str, Any], outcome: _Outcome) -> None:
+    async def _retry(
+        self, entry: Entry, obj: dict[str, Any], outcome: _Outcome, original_sha256: str
+    ) -> None:
         t = self.tuning
         base = min(t.retry_max_s, t.retry_base_s * 2 ** (entry.attempt - 1))
         delay = base * random.uniform(0.5, 1.0)  # jitter keeps retries of a burst apart
@@ -601,6 +621,7 @@ class QueueRunner:
             "attempts": entry.attempt,
             "submitted_at": entry.submitted_at,
             "last_error": outcome.error,
+            "original_sha256": original_sha256,
         }
         raw = json.dumps(obj).encode()
         ident = await asyncio.to_thread(self._rewrite, entry, raw)
@@ -652,7 +673,7 @@ class QueueRunner:
             finished_at=iso(finished),
             duration_ms=round((finished - started) * 1000, 3),
             labels=task.labels,
-            task_sha256=digest(raw),
+            task_sha256=original_digest(raw, task),
         )
         if outcome.status == "succeeded":
             record["output"] = outcome.output

@@ -36,6 +36,9 @@ class TaskMeta(BaseModel):
 
     attempts: int = 0
     submitted_at: float | None = None
+    # Digest of the file as the producer wrote it, so that resubmitting those same bytes after
+    # a retry rewrote the file is still recognised as the same task.
+    original_sha256: str | None = None
     last_error: ErrorInfo | None = None
 
 
@@ -94,6 +97,13 @@ def iso(ts: float | None) -> str | None:
 
 def digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
+
+
+def original_digest(raw: bytes, task: Task | None = None) -> str:
+    """The digest of the producer's own bytes, even after retries rewrote the file."""
+    if task is not None and task.meta is not None and task.meta.original_sha256:
+        return task.meta.original_sha256
+    return digest(raw)
 
 
 def parse_task(raw: bytes) -> tuple[Task, dict[str, Any]]:

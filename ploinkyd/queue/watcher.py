@@ -53,7 +53,21 @@ class _Callback:
         self.watcher.overflowed()
 
     def on_queue_overflow(self) -> None:
-        self.watcher.overflowed()
+        pass  # reported once per kernel event by _InotifyFD, not once per watch
+
+
+class _InotifyFD(InotifyFD):
+    """watchdog's ``InotifyFD`` telling of an overflow once, not once per watched directory."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_overflow = on_overflow
+
+    def handle_event(self, event: InotifyEvent) -> None:
+        if event.is_queue_overflow:
+            self._on_overflow()
+            return
+        super().handle_event(event)
 
 
 class Watcher:
@@ -90,7 +104,7 @@ class Watcher:
     def watch(self, queue: str, directories: dict[str, str]) -> None:
         """Watch ``{"tasks": path, "cancel": path}`` of one queue (non-recursive)."""
         if self._fd is None:
-            self._fd = InotifyFD()
+            self._fd = _InotifyFD(self.overflowed)
             self._fd.daemon = True
             self._fd.start()
         watches = []

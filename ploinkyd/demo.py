@@ -1,0 +1,157 @@
+"""A guided tour: a real daemon on a scratch directory, tasks dropped as files, their records.
+
+Run it with ``python -m ploinkyd.demo`` (``bash scripts/demo.sh`` sets up ``.venv`` first).
+Exits 0 when every record is what the queue protocol promises, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import ploinkyd
+from ploinkyd.client import Client
+from ploinkyd.errors import PloinkyError
+
+Expected = tuple[Any, str, str | None]  # the file's content, its record's status and error code
+
+
+def example_tasks(not_before: datetime) -> dict[str, Expected]:
+    stamp = not_before.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "hello": (
+            {"kind": "echo", "input": {"greeting": "hello"}, "labels": {"team": "demo"}},
+            "succeeded",
+            None,
+        ),
+        "urgent": ({"kind": "echo", "input": "jump the queue", "priority": 9}, "succeeded", None),
+        "later": ({"kind": "echo", "input": [1, 2, 3], "not_before": stamp}, "succeeded", None),
+        "broken": ('{"kind": "echo", "input": ', "failed", "INVALID_JSON"),
+        "mystery": ({"kind": "resize", "input": {"width": 64}}, "failed", "UNKNOWN_KIND"),
+    }
+
+
+def drop(queue: Path, task_id: str, body: Any) -> None:
+    """What any producer does: write under tmp/, then rename(2) into tasks/ (atomic)."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    tmp = queue / "tmp" / f"{task_id}.json.part"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, queue / "tasks" / f"{task_id}.json")
+    print(f"  tasks/{task_id + '.json':<13} {text}")
+
+
+def wait_ready(client: Client, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited with code {proc.returncode}")
+        with contextlib.suppress(PloinkyError):
+            if client.get("/v1/ready").get("ready"):
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the daemon was not ready after {timeout:.0f}s")
+
+
+def wait_records(queue: Path, ids: list[str], timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    records: dict[str, dict[str, Any]] = {}
+    while len(records) < len(ids) and time.monotonic() < deadline:
+        for task_id in ids:
+            for sub in ("results", "errors"):
+                path = queue / sub / f"{task_id}.json"
+                if task_id not in records and path.exists():
+                    records[task_id] = json.loads(path.read_bytes())
+        time.sleep(0.1)
+    return records
+
+
+def show(task_id: str, rec: dict[str, Any]) -> str:
+    where = "results" if rec["status"] == "succeeded" else "errors"
+    if rec.get("error"):
+        what = f"{rec['error']['code']}: {rec['error']['message']}"
+    else:
+        what = f"output {json.dumps(rec['output'])}"
+    return f"  {where + '/' + task_id + '.json':<21} {rec['status']:<9} {what}"
+
+
+def main() -> int:
+    root = Path(tempfile.mkdtemp(prefix="ploinkyd-demo-"))
+    state, runtime, log = root / "state", root / "run", root / "daemon.log"
+    queue = state / "queues" / "default"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLOINKY_", "NOTIFY_"))}
+    # The daemon must import the very ploinkyd this demo runs from.
+    paths = [str(Path(ploinkyd.__file__).resolve().parent.parent), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    cmd = [sys.executable, "-m", "ploinkyd", "run", "--node-id", "demo"]
+    cmd += ["--state-dir", str(state), "--runtime-dir", str(runtime)]
+    print(f"$ ploinkyd run --state-dir {state} --runtime-dir {runtime}   (log: {log})")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    client = Client(runtime / "control.sock", timeout=5)
+    ok = False
+    try:
+        wait_ready(client, proc)
+        print(f"daemon ready; producers drop task files into {queue}/tasks/:")
+        # Whole seconds, 2-3 s ahead: the record shows the task waited for its time.
+        not_before = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+        tasks = example_tasks(not_before)
+        for task_id, (body, _, _) in tasks.items():
+            drop(queue, task_id, body)
+        records = wait_records(queue, list(tasks))
+        print("records:")
+        problems = []
+        for task_id, (_, status, code) in tasks.items():
+            rec = records.get(task_id)
+            print(show(task_id, rec) if rec else f"  {task_id}: no record after 30s")
+            if rec is None or (rec["status"], (rec.get("error") or {}).get("code")) != (
+                status,
+                code,
+            ):
+                problems.append(f"{task_id}: expected {status} {code or ''}")
+        started = records.get("later", {}).get("started_at")
+        if started and datetime.fromisoformat(started) < not_before:
+            problems.append(f"later: started at {started}, before its not_before")
+        if "hello" in records:
+            print("the full record of hello:\n" + json.dumps(records["hello"], indent=2))
+        st = client.get("/v1/status")
+        print(f"$ ploinkyd status\nploinkyd {st['version']} on {st['node']}: {st['summary']}")
+        for q in st["queues"].values():
+            print(f"  queue {q['name']}: {q['succeeded']} succeeded, {q['failed']} failed")
+        for problem in problems:
+            print(f"unexpected: {problem}", file=sys.stderr)
+        ok = not problems
+    except (PloinkyError, RuntimeError, OSError, ValueError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        ok = False
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            exit_code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            exit_code = proc.wait()
+        print(f"daemon stopped with SIGTERM (exit code {exit_code})")
+    ok = ok and exit_code == 0
+    if ok:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"something went wrong; daemon log:\n{log.read_text(errors='replace')[-3000:]}")
+        print(f"scratch files kept in {root}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

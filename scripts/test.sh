@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every check CI runs, in one place: lint, format, types, then the test suite.
+# Arguments go to pytest, e.g. `bash scripts/test.sh tests/test_config.py -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "==> ruff check"
+.venv/bin/ruff check .
+echo "==> ruff format --check"
+.venv/bin/ruff format --check .
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+exec .venv/bin/python -m pytest -q "$@"
