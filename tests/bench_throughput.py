@@ -28,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchdog.observers.inotify_c import InotifyConstants as IN  # noqa: E402
-from watchdog.observers.inotify_c import InotifyFD  # noqa: E402
+from watchdog.observers.inotify_c import InotifyConstants as IN
+from watchdog.observers.inotify_c import InotifyFD
 
-from tests.daemon_harness import DaemonProc, new_daemon  # noqa: E402
+from tests.daemon_harness import DaemonProc, new_daemon
 
 GROUP = 64
 
@@ -184,7 +184,9 @@ def pending_rss(daemon: DaemonProc, n: int) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tasks", type=int, default=20000)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=10.0)

@@ -28,7 +28,9 @@ def make_testkinds_dist(root: Path) -> Path:
     site = root / "site"
     info = site / "ploinkyd_testkinds-0.1.dist-info"
     info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ploinkyd-testkinds\nVersion: 0.1\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: ploinkyd-testkinds\nVersion: 0.1\n"
+    )
     (info / "entry_points.txt").write_text(
         "[ploinkyd]\ntestkinds = tests.plugins_fixture.testkinds\n"
     )
@@ -100,10 +102,17 @@ class DaemonProc:
             self.proc.kill()
             self.proc.wait(10)
 
-    def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "ploinkyd", *args, "--config", str(self.config_file)]
         return subprocess.run(
-            cmd, env=self.env, cwd=self.root, input=input, capture_output=True, text=True,
+            cmd,
+            env=self.env,
+            cwd=self.root,
+            input=input,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
 

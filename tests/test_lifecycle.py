@@ -55,17 +55,22 @@ def wait_exit(d: DaemonProc, timeout: float) -> int:
 
 
 def test_second_daemon_on_the_same_state_dir_refuses_to_start(
-    daemon_factory: Callable[..., DaemonProc],
+    tmp_path: Path, daemon_factory: Callable[..., DaemonProc]
 ) -> None:
     first = daemon_factory(node="n1")
-    second = daemon_factory(node="n2", state=first.state, start=False)
-    second.start(wait_ready=False)
-    code = wait_exit(second, 20)
+    # Same state dir and node id, its own runtime dir (so not the socket stops it) and log.
+    second = new_daemon(tmp_path / "second", node="n1", state=first.state)
+    try:
+        second.start(wait_ready=False)
+        code = wait_exit(second, 20)
+    finally:
+        second.kill()
     assert code != 0
     log = second.read_log()
     assert str(first.state) in log
     assert "already" in log and "Traceback" not in log
     assert not second.socket.exists()
+    assert first.client().get("/v1/ready") == {"ready": True}
     # The first one is untouched and still works.
     first.drop("still-fine", {"kind": "echo", "input": 1})
     assert first.wait_records(1)["still-fine"]["status"] == "succeeded"
@@ -151,7 +156,7 @@ def test_sd_notify_conversation(tmp_path: Path, notify: NotifyListener) -> None:
         assert d.client(timeout=5).get("/v1/ready") == {"ready": True}
         first = notify.snapshot()[ready_at][1]
         status = [line for line in first if line.startswith("STATUS=")]
-        assert status and "ready" in status[0] and "queues" in status[0]
+        assert status and "ready" in status[0] and "1 queue" in status[0]
 
         # Watchdog pings every WATCHDOG_USEC/3 from the loop, and periodic STATUS lines.
         start = len(notify.snapshot())

@@ -102,9 +102,6 @@ async def submit_task(request: web.Request) -> web.Response:
     task_id = await asyncio.to_thread(producer.submit, handle.layout, body, task_id)
     # link(2) raises only a create event, which alone would leave the file to settle first.
     handle.runner.hint("tasks", f"{task_id}.json", closed=True)
-    # link(2) shows up as IN_CREATE with no close-write, which reads like a producer still
-    # writing in place; the file is complete, so say so instead of waiting out the grace.
-    handle.runner.hint("tasks", f"{task_id}.json", closed=True)
     wait = float_param(request, "wait", None, MAX_WAIT_S)
     if wait:
         result = await _wait_for(d, handle.name, task_id, wait)
