@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ploinkyd.clock import Clock
-from ploinkyd.errors import TaskError, TaskFailed
-from ploinkyd.kinds import TaskContext, TaskKind
+from ploinkyd.errors import TaskError
+from ploinkyd.kinds import TaskKind
 from ploinkyd.queue import intake, locks
-from ploinkyd.queue.committer import Completion, GroupCommitter
+from ploinkyd.queue.committer import Completion, GroupCommitter, cleanup
+from ploinkyd.queue.execute import Outcome, Running, error_info, run_attempt
 from ploinkyd.queue.layout import QueueLayout
 from ploinkyd.queue.recovery import RecoveryReport, recover
 from ploinkyd.queue.stats import QueueStats
@@ -48,7 +49,6 @@ WAIT, QUEUED, DELAYED, ELSEWHERE, RUNNING = "wait", "queued", "delayed", "elsewh
 # unparseable before it is recorded as INVALID_JSON (a writer may pause mid-file).
 OPEN_WRITER_GRACE = 30.0
 RAW_CACHE_BYTES = 32 << 20
-CANCEL_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -82,22 +82,6 @@ class Entry:
     reject: intake.Inspection | None = None
     cancel: bool = False
     generation: int = 0
-
-
-@dataclass(eq=False)
-class Running:
-    entry: Entry
-    job: asyncio.Future[Any] | None = None  # the kind's coroutine, once started
-    stop_reason: str | None = None  # "cancelled" | "timeout" | "released"
-    started_at: float = 0.0
-
-
-@dataclass
-class _Outcome:
-    status: str
-    output: Any = None
-    error: dict[str, Any] | None = None
-    retryable: bool = False
 
 
 class QueueRunner:
@@ -474,7 +458,7 @@ class QueueRunner:
                 run.job.cancel()
 
     async def _execute(self, run: Running, raw: bytes, duplicate: bool) -> None:
-        entry = run.entry
+        entry: Entry = run.entry
         try:
             if entry.reject is not None:
                 await self._reject(entry)
@@ -489,7 +473,14 @@ class QueueRunner:
                 return
             if await self._retried_elsewhere(run, task):
                 return
-            outcome = await self._run_task(run, task)
+            outcome = await run_attempt(
+                run,
+                task,
+                kinds=self.kinds(),
+                clock=self.clock,
+                queue=self.layout.name,
+                node=self.me.node,
+            )
             if outcome is None:  # released during a drain: no record, the task stays queued
                 await asyncio.to_thread(locks.release, self.layout, entry.lock_id)
                 self.held.discard(entry.lock_id)
@@ -512,7 +503,7 @@ class QueueRunner:
     async def _retried_elsewhere(self, run: Running, task: Task) -> bool:
         """Another node may have retried the task since we read it (we found it claimed, then
         free): count its attempts, and put it back to wait when its backoff has not passed."""
-        entry = run.entry
+        entry: Entry = run.entry
         if task.meta is not None:
             entry.attempt = max(entry.attempt, task.meta.attempts + 1)
         due = task.not_before_ts() or 0.0
@@ -526,90 +517,8 @@ class QueueRunner:
             heapq.heappush(self.delayed, (due, next(self._seq), entry))
         return True
 
-    async def _run_task(self, run: Running, task: Task) -> _Outcome | None:
-        entry = run.entry
-        if run.stop_reason == "released":
-            return None
-        if entry.cancel or run.stop_reason == "cancelled":
-            return _Outcome("cancelled", error=_err("CANCELLED", "cancelled before it started"))
-        kind = self.kinds().get(task.kind)
-        if kind is None:
-            known = ", ".join(sorted(self.kinds())) or "none"
-            return _Outcome(
-                "failed",
-                error=_err(
-                    "UNKNOWN_KIND",
-                    f"no task kind {task.kind!r} is installed (known kinds: {known}); "
-                    "fix 'kind' or install the plugin that provides it",
-                ),
-            )
-        try:
-            value = kind.parse_input(task.input)
-        except TaskError as exc:
-            return _Outcome("failed", error=exc.to_dict())
-        ctx = TaskContext(
-            id=entry.lock_id,
-            queue=self.layout.name,
-            kind=task.kind,
-            attempt=entry.attempt,
-            max_attempts=task.max_attempts,
-            node=self.me.node,
-            labels=dict(task.labels),
-            timeout_s=task.timeout_s,
-        )
-        job = run.job = asyncio.ensure_future(kind.run(ctx, value))
-        timer = None
-        if task.timeout_s is not None:
-            timer = asyncio.ensure_future(self.clock.sleep(task.timeout_s))
-        try:
-            waiting: set[asyncio.Future[Any]] = {job} if timer is None else {job, timer}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if timer is not None:
-                timer.cancel()
-        if not job.done():
-            run.stop_reason = run.stop_reason or "timeout"
-            job.cancel()
-            # A handler that ignores cancellation must not hold its record hostage.
-            await asyncio.wait({job}, timeout=CANCEL_GRACE_S)
-        reason = run.stop_reason
-        if reason == "released":
-            return None
-        if reason == "cancelled":
-            return _Outcome("cancelled", error=_err("CANCELLED", "cancelled while running"))
-        if reason == "timeout":
-            return _Outcome(
-                "failed",
-                error=_err(
-                    "TIMEOUT",
-                    f"attempt exceeded timeout_s={task.timeout_s:g}; "
-                    "raise timeout_s or make the work smaller",
-                ),
-                retryable=True,
-            )
-        if not job.done() or job.cancelled():
-            return _Outcome("failed", error=_err("TASK_FAILED", "the handler was cancelled"))
-        failure = job.exception()
-        if failure is None:
-            output = job.result()
-            try:
-                json.dumps(output)
-            except (TypeError, ValueError) as err:
-                return _Outcome(
-                    "failed", error=_err("OUTPUT_NOT_JSON", f"output is not JSON: {err}")
-                )
-            return _Outcome("succeeded", output=output)
-        if isinstance(failure, TaskFailed):
-            return _Outcome("failed", error=failure.to_dict(), retryable=failure.retryable)
-        log.warning("queue %s: task %s raised %r", self.layout.name, entry.name, failure)
-        return _Outcome(
-            "failed",
-            error=_err("TASK_FAILED", f"{type(failure).__name__}: {failure}"),
-            retryable=True,
-        )
-
     async def _retry(
-        self, entry: Entry, obj: dict[str, Any], outcome: _Outcome, original_sha256: str
+        self, entry: Entry, obj: dict[str, Any], outcome: Outcome, original_sha256: str
     ) -> None:
         t = self.tuning
         base = min(t.retry_max_s, t.retry_base_s * 2 ** (entry.attempt - 1))
@@ -664,7 +573,7 @@ class QueueRunner:
         }
 
     async def _record(
-        self, entry: Entry, task: Task, raw: bytes, started: float, outcome: _Outcome
+        self, entry: Entry, task: Task, raw: bytes, started: float, outcome: Outcome
     ) -> None:
         finished = self.clock.time()
         record = self._envelope(entry, outcome.status, task.kind)
@@ -703,7 +612,7 @@ class QueueRunner:
         record.update(
             id=dup_id,
             finished_at=iso(self.clock.time()),
-            error=_err(
+            error=error_info(
                 "DUPLICATE_ID",
                 f"a task with id {entry.lock_id!r} already has a record; "
                 "submit new work under a new id",
@@ -723,7 +632,7 @@ class QueueRunner:
         record = self._envelope(entry, "failed", None)
         record.update(
             finished_at=iso(self.clock.time()),
-            error=_err(info.code, info.message, {"original_name": entry.name}),
+            error=error_info(info.code, info.message, {"original_name": entry.name}),
             original_name=entry.name,
             preserved_as=f"errors/{aside}",
         )
@@ -762,7 +671,7 @@ class QueueRunner:
                 entry.lock_id,
                 cancel_id,
             )
-            await asyncio.to_thread(_cleanup_only, item)
+            await asyncio.to_thread(cleanup, item)
         else:
             status_dir = "results" if record["status"] == "succeeded" else "errors"
             item = Completion(
@@ -803,13 +712,3 @@ class QueueRunner:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-
-
-def _cleanup_only(item: Completion) -> None:
-    from ploinkyd.queue.committer import cleanup
-
-    cleanup(item)
-
-
-def _err(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"code": code, "message": message, "details": details or {}}
