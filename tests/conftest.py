@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,3 +30,18 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
 @pytest.fixture
 def daemon(daemon_factory: Callable[..., DaemonProc]) -> DaemonProc:
     return daemon_factory()
+
+
+@pytest.fixture
+def fast_dir(tmp_path: Path) -> Iterator[Path]:
+    """A scratch directory on tmpfs when there is one (cheap fsync), else under ``tmp_path``.
+
+    Request it before ``daemon_factory`` so that it is removed after the daemons are killed.
+    """
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path / "fast"
+        return
+    path = Path(tempfile.mkdtemp(prefix="ploinkyd-test-", dir=shm))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

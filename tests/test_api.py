@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.daemon_harness import DaemonProc
+from tests.daemon_harness import DaemonProc, wait_until
 
 
 class _UnixHTTP(http.client.HTTPConnection):
@@ -60,17 +60,6 @@ def call(
         return Resp(resp.status, {k.lower(): v for k, v in resp.getheaders()}, text)
     finally:
         conn.close()
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_envelope(resp: Resp, status: int, code: str) -> dict[str, Any]:

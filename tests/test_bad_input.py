@@ -12,28 +12,17 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon_harness import DaemonProc, new_daemon
+from tests.daemon_harness import DaemonProc, new_daemon, wait_until
 
 MAX_TASK_BYTES = 2048
 POLL_SETTLE_S = 3.0
 WRITER_PAUSE_S = 2.5
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,21 +21,6 @@ from tests.daemon_harness import DaemonProc
 
 TASKS = 40_000
 TIMEOUT_S = 120.0
-
-
-@pytest.fixture
-def fast_dir(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs directory when there is one (cheap fsync), else ``tmp_path``.
-
-    Requested before ``daemon_factory`` so that it is removed after the daemons are killed.
-    """
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path / "fast"
-        return
-    path = Path(tempfile.mkdtemp(prefix="ploinkyd-burst-", dir=shm))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def names(directory: Path) -> set[str]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.daemon_harness import DaemonProc
+from tests.daemon_harness import DaemonProc, wait_until
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 69, 78
 
@@ -35,17 +34,6 @@ def write_task(d: DaemonProc, name: str, body: Any) -> Path:
     path = d.root / name
     path.write_text(json.dumps(body))
     return path
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_version_and_help(daemon_factory: Callable[..., DaemonProc]) -> None:

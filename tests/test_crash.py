@@ -9,15 +9,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.daemon_harness import DaemonProc
 
@@ -25,21 +21,6 @@ ECHO_TASKS = 3000
 SLEEP_TASKS = 300
 MIN_KILLS = 20
 PRODUCE_FOR_S = 12.0  # spread the drops over the kill phase so kills land mid-intake
-
-
-@pytest.fixture
-def fast_dir(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs directory when there is one (cheap fsync), else ``tmp_path``.
-
-    Requested before ``daemon_factory`` so that it is removed after the daemons are killed.
-    """
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path / "fast"
-        return
-    path = Path(tempfile.mkdtemp(prefix="ploinkyd-crash-", dir=shm))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def drop(queue: Path, task_id: str, body: dict[str, Any]) -> None:

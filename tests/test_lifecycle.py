@@ -15,18 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_harness import DaemonProc, new_daemon
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+from tests.daemon_harness import DaemonProc, new_daemon, wait_until
 
 
 def rewrite_config(d: DaemonProc, change: Callable[[dict[str, Any]], None]) -> None:

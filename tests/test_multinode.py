@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,18 +24,9 @@ Factory = Callable[..., DaemonProc]
 
 
 @pytest.fixture
-def shared(tmp_path: Path) -> Iterator[Path]:
-    """The shared queue directory, on tmpfs when there is one (cheap fsync).
-
-    Requested before ``daemon_factory`` so that it is removed after the daemons are killed.
-    """
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path / "shared"
-        return
-    path = Path(tempfile.mkdtemp(prefix="ploinkyd-multinode-", dir=shm))
-    yield path / "shared"
-    shutil.rmtree(path, ignore_errors=True)
+def shared(fast_dir: Path) -> Path:
+    """The shared queue directory (on tmpfs when there is one)."""
+    return fast_dir / "shared"
 
 
 def start_node(
