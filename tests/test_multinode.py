@@ -1,7 +1,7 @@
 """Several nodes serving one queue directory (SPEC §11): real daemons, one shared directory.
 
-Each daemon has its own state dir (one instance per state dir) and its own node id; they meet
-only in ``[queues.shared] path``. Claims are ``mkdir`` races, liveness is the lock's heartbeat.
+Each daemon has its own node id; most tests give each its own state dir so that they meet only
+in ``[queues.shared] path``, one shares a whole state dir. Claims are ``mkdir`` races, liveness is the lock's heartbeat.
 """
 
 from __future__ import annotations
@@ -162,3 +162,20 @@ def test_survivor_takes_over_the_claims_of_a_killed_node(
         assert started >= earliest, (r, killed_at)
     assert "no heartbeat from node 'a'" in b.read_log()
     b.stop()
+
+
+def test_nodes_may_share_a_whole_state_dir(daemon_factory: Factory, fast_dir: Path) -> None:
+    """Different node ids hold different instance locks, so they can serve one state dir."""
+    state = fast_dir / "state"
+    a = daemon_factory(node="a", state=state)
+    b = daemon_factory(node="b", state=state)
+    assert (state / "daemon.a.lock").exists() and (state / "daemon.b.lock").exists()
+    for i in range(60):
+        a.drop(f"s{i}", {"kind": "sleep", "input": {"seconds": 0.05}})
+    records = a.wait_records(60)
+    assert set(records) == {f"s{i}" for i in range(60)}
+    assert {r["node"] for r in records.values()} == {"a", "b"}
+    same = daemon_factory(node="a", state=state, start=False)
+    same.start(wait_ready=False)
+    assert same.proc is not None and same.proc.wait(20) != 0
+    assert "already serves state dir" in same.read_log()
