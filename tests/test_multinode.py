@@ -168,7 +168,7 @@ def test_nodes_may_share_a_whole_state_dir(daemon_factory: Factory, fast_dir: Pa
     """Different node ids hold different instance locks, so they can serve one state dir."""
     state = fast_dir / "state"
     a = daemon_factory(node="a", state=state)
-    b = daemon_factory(node="b", state=state)
+    daemon_factory(node="b", state=state)
     assert (state / "daemon.a.lock").exists() and (state / "daemon.b.lock").exists()
     for i in range(60):
         a.drop(f"s{i}", {"kind": "sleep", "input": {"seconds": 0.05}})
