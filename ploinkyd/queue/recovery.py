@@ -53,15 +53,19 @@ def recover(
         if verdict is None:
             continue
         task_exists = os.path.lexists(layout.task_file(name)) or _is_rejected(name)
-        if verdict.stale:
-            if locks.break_lock(layout, name, verdict.inode):
-                report.broken.append((name, verdict.reason))
-                log.warning("queue %s: took over lock %s (%s)", layout.name, name, verdict.reason)
-        elif not task_exists and verdict.owner is None:
-            # No owner after the grace, and nothing to run: a claim that died half-made.
-            pass
-        elif not task_exists and fs_now - _mtime(layout.lock_dir(name)) > lock_timeout:
-            locks.release(layout, name)
+        if not verdict.stale:
+            # Live owners heartbeat only while their task exists; a lock of this very daemon
+            # that it no longer holds, idle and without a task, is left over from a cleanup.
+            if not task_exists and fs_now - _mtime(layout.lock_dir(name)) > lock_timeout:
+                locks.release(layout, name)
+                report.orphans += 1
+            continue
+        if not locks.break_lock(layout, name, verdict.inode):
+            continue
+        if task_exists:
+            report.broken.append((name, verdict.reason))
+            log.warning("queue %s: took over lock %s (%s)", layout.name, name, verdict.reason)
+        else:  # the owner died after finishing: nothing to take over
             report.orphans += 1
     if retention > 0:
         for sub in ("results", "errors"):
