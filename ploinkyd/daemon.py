@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import re
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -135,9 +136,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._take_instance_lock()
         try:
-            for sig, action in (("SIGTERM", self.request_stop), ("SIGINT", self.request_stop)):
-                loop.add_signal_handler(getattr(__import__("signal"), sig), action)
-            loop.add_signal_handler(__import__("signal").SIGHUP, self.request_reload)
+            # Handlers only set events; the loop below acts on them.
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
             await self._start()
             while not self._stop.is_set():
                 stop = asyncio.ensure_future(self._stop.wait())
