@@ -38,6 +38,22 @@ def make_testkinds_dist(root: Path) -> Path:
     return site
 
 
+def drop_task(queue: Path, task_id: str, body: Any) -> Path:
+    """The producer protocol: write under tmp/, then rename(2) into tasks/."""
+    tmp = queue / "tmp" / f"{task_id}.json.tmp"
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    final = queue / "tasks" / f"{task_id}.json"
+    os.rename(tmp, final)
+    return final
+
+
+def visible_names(directory: Path) -> set[str]:
+    """Entries of ``directory`` that are not dot-prefixed (the daemon's own scratch names)."""
+    with os.scandir(directory) as it:
+        return {e.name for e in it if not e.name.startswith(".")}
+
+
 @dataclass
 class DaemonProc:
     root: Path
@@ -120,15 +136,7 @@ class DaemonProc:
     # ---- the producer side, exactly as a user's program would do it ----------------------
 
     def drop(self, task_id: str, body: Any, queue: str = "default") -> Path:
-        q = self.queue(queue)
-        tmp = q / "tmp" / f"{task_id}.json.tmp"
-        data = body if isinstance(body, bytes | str) else json.dumps(body)
-        if isinstance(data, str):
-            data = data.encode()
-        tmp.write_bytes(data)
-        final = q / "tasks" / f"{task_id}.json"
-        os.rename(tmp, final)
-        return final
+        return drop_task(self.queue(queue), task_id, body)
 
     def records(self, queue: str = "default") -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -7,7 +7,6 @@ whatever instant the daemon dies at (mid-claim, mid-run, mid-group-commit, mid-c
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.daemon_harness import DaemonProc
+from tests.daemon_harness import DaemonProc, drop_task, visible_names
 
 ECHO_TASKS = 3000
 SLEEP_TASKS = 300
@@ -23,21 +22,8 @@ MIN_KILLS = 20
 PRODUCE_FOR_S = 12.0  # spread the drops over the kill phase so kills land mid-intake
 
 
-def drop(queue: Path, task_id: str, body: dict[str, Any]) -> None:
-    """The producer protocol: write under tmp/, then rename(2) into tasks/."""
-    tmp = queue / "tmp" / f"{task_id}.json.tmp"
-    tmp.write_bytes(json.dumps(body).encode())
-    os.rename(tmp, queue / "tasks" / f"{task_id}.json")
-
-
-def names(directory: Path) -> set[str]:
-    """Entries of ``directory`` that are not dot-prefixed (the daemon's own scratch names)."""
-    with os.scandir(directory) as it:
-        return {e.name for e in it if not e.name.startswith(".")}
-
-
 def record_ids(queue: Path, sub: str) -> list[str]:
-    return [n[:-5] for n in names(queue / sub) if n.endswith(".json")]
+    return [n[:-5] for n in visible_names(queue / sub) if n.endswith(".json")]
 
 
 def wait_until(check: Callable[[], bool], timeout: float) -> bool:
@@ -80,7 +66,7 @@ def test_sigkill_storm_leaves_exactly_one_record_per_task(
             per_tick = max(1, len(bodies) // int(PRODUCE_FOR_S / 0.05))
             for start in range(0, len(bodies), per_tick):
                 for task_id, body in bodies[start : start + per_tick]:
-                    drop(queue, task_id, body)
+                    drop_task(queue, task_id, body)
                     submitted.append(task_id)
                 time.sleep(0.05)
         except BaseException as exc:
@@ -103,7 +89,11 @@ def test_sigkill_storm_leaves_exactly_one_record_per_task(
 
     def settled() -> bool:
         done = set(record_ids(queue, "results")) | set(record_ids(queue, "errors"))
-        return done >= expected and not names(queue / "tasks") and not names(queue / "locks")
+        return (
+            done >= expected
+            and not visible_names(queue / "tasks")
+            and not visible_names(queue / "locks")
+        )
 
     wait_until(settled, timeout=60)
     elapsed = time.monotonic() - started
@@ -115,9 +105,9 @@ def test_sigkill_storm_leaves_exactly_one_record_per_task(
     lost = expected - in_results - in_errors
     extra = (in_results | in_errors) - expected
     failed = {i: json.loads((queue / "errors" / f"{i}.json").read_bytes()) for i in in_errors}
-    leftover_tasks = names(queue / "tasks")
-    leftover_locks = names(queue / "locks")
-    leftover_tmp = names(queue / "tmp")
+    leftover_tasks = visible_names(queue / "tasks")
+    leftover_locks = visible_names(queue / "locks")
+    leftover_tmp = visible_names(queue / "tmp")
     takeovers = d.read_log().count("took over lock")
     figures = (
         f"seed {seed}: {len(expected)} tasks, {kills} kills, {elapsed:.1f}s, "

@@ -7,7 +7,6 @@ in ``[queues.shared] path``, one shares a whole state dir. Claims are ``mkdir`` 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_harness import DaemonProc
+from tests.daemon_harness import DaemonProc, drop_task, visible_names
 
 Factory = Callable[..., DaemonProc]
 
@@ -39,17 +38,6 @@ def start_node(
     )
 
 
-def drop(queue: Path, task_id: str, body: dict[str, Any]) -> None:
-    tmp = queue / "tmp" / f"{task_id}.json.tmp"
-    tmp.write_bytes(json.dumps(body).encode())
-    os.rename(tmp, queue / "tasks" / f"{task_id}.json")
-
-
-def names(directory: Path) -> set[str]:
-    with os.scandir(directory) as it:
-        return {e.name for e in it if not e.name.startswith(".")}
-
-
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -62,13 +50,13 @@ def settle(queue: Path, expected: set[str], timeout: float) -> dict[str, dict[st
     """Wait until every task has a record and the queue is clean; check exactly one record."""
 
     def done() -> bool:
-        recorded = names(queue / "results") | names(queue / "errors")
-        return {f"{i}.json" for i in expected} <= recorded and not names(queue / "tasks")
+        recorded = visible_names(queue / "results") | visible_names(queue / "errors")
+        return {f"{i}.json" for i in expected} <= recorded and not visible_names(queue / "tasks")
 
     wait_until(done, timeout, f"{len(expected)} records")
-    wait_until(lambda: not names(queue / "locks"), 10, "the last locks to be released")
-    results = {n[:-5] for n in names(queue / "results")}
-    errors = {n[:-5] for n in names(queue / "errors")}
+    wait_until(lambda: not visible_names(queue / "locks"), 10, "the last locks to be released")
+    results = {n[:-5] for n in visible_names(queue / "results")}
+    errors = {n[:-5] for n in visible_names(queue / "errors")}
     figures = (
         f"{len(expected)} tasks: {len(results)} results, {len(errors)} errors, "
         f"{len(results & errors)} double, {len(expected - results - errors)} lost, "
@@ -87,7 +75,7 @@ def takeovers(d: DaemonProc, queue: str = "shared") -> float:
 
 def lock_owners(queue: Path) -> dict[str, str]:
     owners = {}
-    for name in names(queue / "locks"):
+    for name in visible_names(queue / "locks"):
         try:
             owners[name] = json.loads((queue / "locks" / name / "owner.json").read_bytes())["node"]
         except (OSError, ValueError):
@@ -108,7 +96,7 @@ def test_nodes_share_one_queue_and_each_task_gets_one_record(
 
     tasks = {f"t{i:04d}": {"kind": "sleep", "input": {"seconds": 0.1}} for i in range(240)}
     for task_id, body in tasks.items():
-        drop(shared, task_id, body)
+        drop_task(shared, task_id, body)
     records = settle(shared, set(tasks), timeout=60)
 
     by_node = Counter(r["node"] for r in records.values())
@@ -130,7 +118,7 @@ def test_live_nodes_do_not_steal_long_tasks_from_each_other(
     a, b = (start_node(daemon_factory, tmp_path, n, shared, **settings) for n in "ab")
     tasks = {f"long{i}": {"kind": "sleep", "input": {"seconds": 3}} for i in range(8)}
     for task_id, body in tasks.items():
-        drop(shared, task_id, body)
+        drop_task(shared, task_id, body)
     records = settle(shared, set(tasks), timeout=30)
     assert all(r["attempts"] == 1 for r in records.values()), records
     assert takeovers(a) == 0 and takeovers(b) == 0
@@ -145,7 +133,7 @@ def test_survivor_takes_over_the_claims_of_a_killed_node(
     a = start_node(daemon_factory, tmp_path, "a", shared, **settings)
     tasks = {f"long{i}": {"kind": "sleep", "input": {"seconds": 3}} for i in range(4)}
     for task_id, body in tasks.items():
-        drop(shared, task_id, body)
+        drop_task(shared, task_id, body)
     wait_until(lambda: lock_owners(shared) == dict.fromkeys(tasks, "a"), 10, "a to claim all")
 
     b = start_node(daemon_factory, tmp_path, "b", shared, **settings)
