@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ploinkyd.errors import ConflictError, NotFoundError, TaskError
 from ploinkyd.queue.layout import QueueLayout
 from ploinkyd.queue.locks import read_owner
-from ploinkyd.queue.task import ID_RE, Task
+from ploinkyd.queue.task import ID_RE
 
 TaskState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
@@ -28,7 +28,7 @@ def new_task_id() -> str:
 
 
 def submit(layout: QueueLayout, body: dict[str, Any], task_id: str | None = None) -> str:
-    Task.model_validate(body)  # the caller turned ValidationError into a TaskError already
+    """Queue ``body``, which the caller has validated as a ``Task``; return its id."""
     task_id = task_id or new_task_id()
     if not ID_RE.fullmatch(task_id):
         raise TaskError(f"task id {task_id!r} must match {ID_RE.pattern}", code="BAD_NAME")
