@@ -53,6 +53,7 @@ ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "PLOINKY_LOG_LEVEL": ("daemon", "log_level"),
     "PLOINKY_LOG_FORMAT": ("daemon", "log_format"),
     "PLOINKY_API_TCP": ("api", "listen_tcp"),
+    "PLOINKY_TILES_RUNNER": ("tiles", "runner"),
 }
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY}
@@ -200,6 +201,67 @@ class PluginsConfig(_Section):
     allow: list[str] = Field(default_factory=lambda: ["https://*", "/*", "./*"])
 
 
+class LimitsConfig(_Section):
+    """Container resources: ``[tiles.limits]`` (what a call gets unless it asks) and
+    ``[tiles.ceilings]`` (the most any task, operator or agent may ask for)."""
+
+    memory_mb: int = Field(256, ge=16)
+    cpus: float = Field(1.0, gt=0)
+    pids: int = Field(64, ge=8)
+
+
+class TileCacheConfig(_Section):
+    """``[tiles.cache]``: memoised tile results."""
+
+    enabled: bool = True
+    max_bytes: int = Field(64 * MIB, ge=0)
+    ttl: Duration = Field(3600.0, gt=0)
+    persist: bool = False  # keep entries in <state>/tiles/cache across restarts
+
+
+class TilesConfig(_Section):
+    """``[tiles]``: where tiles run and how much they may use."""
+
+    runner: str = Field("docker", min_length=1)
+    image: str = Field("ploinky/python", min_length=1)
+    pool_min: int = Field(0, ge=0, le=64)
+    pool_max: int = Field(2, ge=1, le=256)
+    idle_timeout: Duration = Field(300.0, gt=0)
+    start_timeout: Duration = Field(30.0, gt=0)
+    max_output_bytes: int = Field(16 * MIB, ge=1)
+    user: str = Field("65534:65534", pattern=r"^[0-9]+(:[0-9]+)?$")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    ceilings: LimitsConfig = Field(
+        default_factory=lambda: LimitsConfig(memory_mb=2048, cpus=2.0, pids=512)
+    )
+    operator_ceilings: dict[str, LimitsConfig] = Field(default_factory=dict)
+    cache: TileCacheConfig = Field(default_factory=TileCacheConfig)
+
+    @model_validator(mode="after")
+    def _limits_within_ceilings(self) -> TilesConfig:
+        for key in ("memory_mb", "cpus", "pids"):
+            if getattr(self.limits, key) > getattr(self.ceilings, key):
+                raise ValueError(
+                    f"tiles.limits.{key} ({getattr(self.limits, key)}) is above "
+                    f"tiles.ceilings.{key} ({getattr(self.ceilings, key)}); lower the first "
+                    "or raise the second"
+                )
+        if self.pool_min > self.pool_max:
+            raise ValueError(
+                f"tiles.pool_min ({self.pool_min}) is above tiles.pool_max ({self.pool_max})"
+            )
+        return self
+
+
+class AgentsConfig(_Section):
+    """``[agents]``: directories searched for agent directories (each with ``agent.toml``).
+
+    Empty means ``<state>/agents``, plus ``./agents`` when ``daemon.dev_mode`` is on."""
+
+    paths: list[UserPath] = Field(default_factory=list)
+    restart_backoff_max: Duration = Field(60.0, gt=0)
+
+
 class Config(_Section):
     """The whole validated configuration. The queue ``default`` always exists."""
 
@@ -208,6 +270,8 @@ class Config(_Section):
     queues: dict[QueueName, QueueConfig] = Field(default_factory=dict)
     api: ApiConfig = Field(default_factory=ApiConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    tiles: TilesConfig = Field(default_factory=TilesConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
 
     @model_validator(mode="after")
     def _default_queue_exists(self) -> Config:
@@ -483,7 +547,10 @@ def _dotted(loc: Key) -> str:
 def _validation_error(exc: ValidationError, nodes: dict[Key, str]) -> ConfigError:
     problems = []
     for err in exc.errors(include_url=False):
-        loc: Key = tuple(p for p in err["loc"] if p != "[key]")
+        raw_loc = err["loc"]
+        # pydantic marks a bad dict key with a trailing "[key]"; a key literally named
+        # "[key]" in the file must survive.
+        loc: Key = tuple(raw_loc[:-1]) if len(raw_loc) > 1 and raw_loc[-1] == "[key]" else raw_loc
         source = next((nodes[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in nodes), "")
         problems.append(
             {"source": source or "default", "key": _dotted(loc), "message": _explain(err, loc)}

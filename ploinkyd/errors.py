@@ -10,6 +10,7 @@ exit codes), a ``message`` a person can act on, and JSON-able ``details``::
     │   ├── NotFoundError        unknown queue, task, plugin               (HTTP 404)
     │   └── ConflictError        duplicate id, daemon already running     (HTTP 409)
     ├── TaskFailed           a task kind's run failed; ``retryable`` decides on a retry
+    │   └── TaskDeferred         a dependency is down: requeue without spending an attempt
     ├── PluginError          a plugin failed to load or a hook raised (quarantined)
     ├── DaemonUnavailable    the CLI cannot reach the control socket       (exit 69)
     └── InternalError        a bug in ploinkyd itself
@@ -92,6 +93,25 @@ class TaskFailed(PloinkyError):
     ) -> None:
         super().__init__(message, code=code, details=details)
         self.retryable = retryable
+
+
+class TaskDeferred(TaskFailed):
+    """Raised when the task could not even start because something it needs is down (the
+    Docker engine, say). The queue puts it back after ``retry_after_s`` without counting an
+    attempt, so an outage of any length loses nothing and burns no retries."""
+
+    code = "DEFERRED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        retry_after_s: float = 5.0,
+    ) -> None:
+        super().__init__(message, code=code, details=details, retryable=True)
+        self.retry_after_s = retry_after_s
 
 
 class PluginError(PloinkyError):

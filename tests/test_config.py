@@ -339,7 +339,7 @@ BAD_VALUES = [
         id="unknown-key",
     ),
     pytest.param(
-        "[tiles]\nx = 1\n", "tiles", "unknown key 'tiles' (allowed: daemon,", id="unknown-section"
+        "[tilez]\nx = 1\n", "tilez", "unknown key 'tilez' (allowed: daemon,", id="unknown-section"
     ),
     pytest.param(
         "[queues.fast]\nconcurrency = 'lots'\n",
