@@ -30,6 +30,9 @@ class TaskContext:
     node: str
     labels: dict[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
+    # Kinds may add facts here (the runner that ran a tile, a cache hit); they land in the
+    # record under "notes" so a reader can tell how the output was made.
+    notes: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ploinkyd.task"))
 
 

@@ -42,6 +42,11 @@ class DaemonCollector:
         retries = CounterMetricFamily(
             "ploinkyd_task_retries", "Retries scheduled", labels=["queue"]
         )
+        deferrals = CounterMetricFamily(
+            "ploinkyd_task_deferrals",
+            "Tasks put back without spending an attempt (a dependency such as Docker was down)",
+            labels=["queue"],
+        )
         takeovers = CounterMetricFamily(
             "ploinkyd_lock_takeovers", "Stale locks broken and taken over", labels=["queue"]
         )
@@ -67,6 +72,7 @@ class DaemonCollector:
                 failed.add_metric([name, code], n)
             cancelled.add_metric([name], s.cancelled)
             retries.add_metric([name], s.retries)
+            deferrals.add_metric([name], s.deferrals)
             takeovers.add_metric([name], s.lock_takeovers)
             rescans.add_metric([name], s.rescans)
             record_failures.add_metric([name], s.record_failures)
@@ -82,7 +88,10 @@ class DaemonCollector:
         up = GaugeMetricFamily("ploinkyd_ready", "1 when the daemon is ready")
         up.add_metric([], 1 if d.ready else 0)
         yield from (depth, inflight, done, failed, cancelled, retries, takeovers, rescans)
-        yield from (record_failures, latency, overflows, up)
+        yield from (deferrals, record_failures, latency, overflows, up)
+        tiles = getattr(d, "tiles", None)
+        if tiles is not None:
+            yield from tiles.metrics()
 
 
 def render(daemon: Daemon) -> bytes:

@@ -18,6 +18,7 @@ from ploinkyd.queue import locks
 from ploinkyd.queue.committer import Completion, commit_batch
 from ploinkyd.queue.layout import QueueLayout
 from ploinkyd.queue.recovery import TMP_MAX_AGE_S, recover
+from ploinkyd.queue.runner import QueueRunner
 from ploinkyd.queue.task import digest, dump_record, iso
 from tests.queue_fixture import QueueHarness, identity, quiet
 
@@ -134,6 +135,41 @@ async def test_flaky_task_retries_with_exponential_backoff(h: QueueHarness) -> N
     )
     assert runner.stats.retries == 2
     assert h.task_names() == set() and h.lock_names() == set()
+
+
+async def test_deferred_task_waits_without_spending_attempts(
+    h: QueueHarness, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    runner = h.runner(retry_base_s=1.0)
+    h.drop("held", {"kind": "gated", "input": {"gate": str(gate)}, "max_attempts": 1})
+    for _ in range(3):
+        task = await _await_deferral(h, "held", runner.stats.deferrals + 1, runner)
+        assert task["meta"]["attempts"] == 0 and task["meta"]["last_error"]["code"] == "GATE_CLOSED"
+        assert 1.0 - 0.001 <= _delay(task, h.clock.time()) <= 2.0 + 0.001
+        await quiet()
+        h.advance(2.0)
+    gate.unlink()
+    record = (await h.wait_records(1))["held"]
+    assert (record["status"], record["attempts"], record["output"]) == (
+        "succeeded",
+        1,
+        {"attempt": 1},
+    )
+    assert record["notes"] == {"attempt_seen": 1}
+    assert runner.stats.retries == 0 and runner.stats.deferrals == 3
+
+
+async def _await_deferral(
+    h: QueueHarness, name: str, n: int, runner: QueueRunner
+) -> dict[str, Any]:
+    await h.wait_for(
+        lambda: runner.stats.deferrals >= n and not h.lock_names(), f"deferral {n} of {name}"
+    )
+    task = h.read_task(name)
+    assert task is not None
+    return task
 
 
 async def test_fail_kind_exhausts_max_attempts(h: QueueHarness) -> None:

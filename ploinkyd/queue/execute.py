@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ploinkyd.clock import Clock
-from ploinkyd.errors import TaskError, TaskFailed
+from ploinkyd.errors import TaskDeferred, TaskError, TaskFailed
 from ploinkyd.kinds import TaskContext, TaskKind
 from ploinkyd.queue.task import Task
 
@@ -38,6 +38,8 @@ class Outcome:
     output: Any = None
     error: dict[str, Any] | None = None
     retryable: bool = False
+    defer_s: float | None = None  # set when the task must wait without spending an attempt
+    notes: dict[str, Any] | None = None  # what the kind asked to add to the record
 
 
 async def run_attempt(
@@ -80,6 +82,17 @@ async def run_attempt(
         labels=dict(task.labels),
         timeout_s=task.timeout_s,
     )
+    outcome = await _attempt(run, task, kind, ctx, value, clock)
+    if outcome is not None and ctx.notes:
+        outcome.notes = dict(ctx.notes)
+    return outcome
+
+
+async def _attempt(
+    run: Running, task: Task, kind: TaskKind, ctx: TaskContext, value: Any, clock: Clock
+) -> Outcome | None:
+    queue = ctx.queue
+    entry = run.entry
     job = run.job = asyncio.ensure_future(kind.run(ctx, value))
     timer = None
     if task.timeout_s is not None:
@@ -122,6 +135,10 @@ async def run_attempt(
                 "failed", error=error_info("OUTPUT_NOT_JSON", f"output is not JSON: {err}")
             )
         return Outcome("succeeded", output=output)
+    if isinstance(failure, TaskDeferred):
+        return Outcome(
+            "failed", error=failure.to_dict(), retryable=True, defer_s=failure.retry_after_s
+        )
     if isinstance(failure, TaskFailed):
         return Outcome("failed", error=failure.to_dict(), retryable=failure.retryable)
     log.warning("queue %s: task %s raised %r", queue, entry.name, failure)

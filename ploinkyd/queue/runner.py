@@ -203,6 +203,7 @@ class QueueRunner:
             "failed": self.stats.failures,
             "cancelled": self.stats.cancelled,
             "retries": self.stats.retries,
+            "deferrals": self.stats.deferrals,
         }
 
     # ---- the loop -----------------------------------------------------------------------
@@ -486,6 +487,9 @@ class QueueRunner:
                 self.held.discard(entry.lock_id)
                 self._forget(entry)
                 return
+            if outcome.defer_s is not None:
+                await self._retry(entry, obj, outcome, original_digest(raw, task), spend=False)
+                return
             if outcome.retryable and entry.attempt < task.max_attempts:
                 await self._retry(entry, obj, outcome, original_digest(raw, task))
                 return
@@ -518,16 +522,27 @@ class QueueRunner:
         return True
 
     async def _retry(
-        self, entry: Entry, obj: dict[str, Any], outcome: Outcome, original_sha256: str
+        self,
+        entry: Entry,
+        obj: dict[str, Any],
+        outcome: Outcome,
+        original_sha256: str,
+        *,
+        spend: bool = True,
     ) -> None:
+        """Put the task back to run later. ``spend=False`` (a deferral: what it needs is
+        down) keeps its attempt count, so an outage of any length costs it no attempt."""
         t = self.tuning
-        base = min(t.retry_max_s, t.retry_base_s * 2 ** (entry.attempt - 1))
+        if spend:
+            base = min(t.retry_max_s, t.retry_base_s * 2 ** (entry.attempt - 1))
+        else:
+            base = min(t.retry_max_s, outcome.defer_s or t.retry_base_s)
         delay = base * random.uniform(0.5, 1.0)  # jitter keeps retries of a burst apart
         due = self.clock.time() + delay
         obj = dict(obj)
         obj["not_before"] = iso(due)
         obj["meta"] = {
-            "attempts": entry.attempt,
+            "attempts": entry.attempt if spend else entry.attempt - 1,
             "submitted_at": entry.submitted_at,
             "last_error": outcome.error,
             "original_sha256": original_sha256,
@@ -535,8 +550,11 @@ class QueueRunner:
         raw = json.dumps(obj).encode()
         ident = await asyncio.to_thread(self._rewrite, entry, raw)
         self.held.discard(entry.lock_id)
-        self.stats.retries += 1
-        entry.attempt += 1
+        if spend:
+            self.stats.retries += 1
+            entry.attempt += 1
+        else:
+            self.stats.deferrals += 1
         entry.ident, entry.not_before = ident, due
         entry.order_ts = due
         self._cache_raw(entry, raw)
@@ -584,6 +602,8 @@ class QueueRunner:
             labels=task.labels,
             task_sha256=original_digest(raw, task),
         )
+        if outcome.notes:
+            record["notes"] = outcome.notes
         if outcome.status == "succeeded":
             record["output"] = outcome.output
         else:

@@ -17,6 +17,7 @@ class QueueStats:
     failed: Counter[str] = field(default_factory=Counter)  # by error code
     cancelled: int = 0
     retries: int = 0
+    deferrals: int = 0
     rescans: int = 0
     lock_takeovers: int = 0
     record_failures: int = 0

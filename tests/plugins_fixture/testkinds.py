@@ -1,13 +1,14 @@
-"""Task kinds for tests: ``sleep``, ``fail`` and ``flaky``."""
+"""Task kinds for tests: ``sleep``, ``fail``, ``flaky`` and ``gated``."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ploinkyd.errors import TaskFailed
+from ploinkyd.errors import TaskDeferred, TaskFailed
 from ploinkyd.hookspecs import hookimpl
 from ploinkyd.kinds import TaskContext, TaskKind
 
@@ -43,10 +44,22 @@ async def flaky(ctx: TaskContext, data: FlakyInput) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
+class GatedInput(BaseModel):
+    gate: str  # a path: while it exists, the task is deferred
+
+
+async def gated(ctx: TaskContext, data: GatedInput) -> dict[str, Any]:
+    ctx.notes["attempt_seen"] = ctx.attempt
+    if Path(data.gate).exists():
+        raise TaskDeferred(f"{data.gate} exists", code="GATE_CLOSED", retry_after_s=2.0)
+    return {"attempt": ctx.attempt}
+
+
 @hookimpl
 def ploinkyd_task_kinds() -> list[TaskKind]:
     return [
         TaskKind("sleep", sleep, input_model=SleepInput, description="sleeps input.seconds"),
         TaskKind("fail", fail, input_model=FailInput, description="always raises TaskFailed"),
+        TaskKind("gated", gated, input_model=GatedInput, description="deferred while gate exists"),
         TaskKind("flaky", flaky, input_model=FlakyInput, description="fails the first N attempts"),
     ]
