@@ -567,3 +567,14 @@ def test_commit_batch_never_writes_a_second_record(layout: QueueLayout, existing
     assert not layout.record_file("x", other).exists()
     # The task is done all the same: its file and lock go.
     assert h_names(layout.tasks) == set() and h_names(layout.locks) == set()
+
+
+async def test_paused_queue_keeps_tasks_waiting_until_resumed(h: QueueHarness) -> None:
+    runner = h.runner()
+    runner.pause()
+    h.drop("a", {"kind": "echo", "input": 1})
+    await h.wait_for(lambda: runner.snapshot()["queued"] == 1, "task a seen")
+    await quiet()
+    assert h.records() == {} and h.lock_names() == set()
+    runner.resume()
+    assert (await h.wait_records(1))["a"]["output"] == 1

@@ -112,6 +112,7 @@ class QueueRunner:
         self._wake = asyncio.Event()
         self._rescan_now = asyncio.Event()
         self._claiming = True
+        self.paused = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
 
@@ -153,6 +154,14 @@ class QueueRunner:
 
     def retune(self, tuning: QueueTuning) -> None:
         self.tuning = tuning
+        self._wake.set()
+
+    def pause(self) -> None:
+        """Stop claiming new tasks (running ones finish); tasks keep arriving and wait."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
         self._wake.set()
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -386,7 +395,7 @@ class QueueRunner:
         entry.state = "gone"
 
     def _free_slots(self) -> int:
-        return self.tuning.concurrency - len(self.running)
+        return 0 if self.paused else self.tuning.concurrency - len(self.running)
 
     # ---- claiming -----------------------------------------------------------------------
 
