@@ -95,6 +95,11 @@ def _check_queue_name(name: str) -> str:
             f"queue name {name!r} is not allowed: it must match {QUEUE_NAME_PATTERN} "
             "(start with a letter or digit; letters, digits, '.', '_', '-'; at most 64)"
         )
+    if name.startswith("agent."):
+        raise ValueError(
+            f"queue name {name!r} is not allowed: names starting with 'agent.' belong to "
+            "agents' queues; pick another name"
+        )
     return name
 
 

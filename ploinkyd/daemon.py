@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ploinkyd import __version__
+from ploinkyd.agents.manager import SUPERVISE_INTERVAL_S, AgentManager
 from ploinkyd.clock import Clock, SystemClock
-from ploinkyd.config import Config, LoadedConfig
+from ploinkyd.config import Config, LoadedConfig, QueueConfig
 from ploinkyd.errors import ConflictError, NotFoundError, PloinkyError
 from ploinkyd.kinds import TaskKind
 from ploinkyd.plugins import PluginHost
@@ -34,6 +35,7 @@ from ploinkyd.queue.runner import QueueRunner, QueueTuning
 from ploinkyd.queue.stats import QueueStats
 from ploinkyd.queue.watcher import Hint, Watcher
 from ploinkyd.systemd import Notifier
+from ploinkyd.tiles.service import TileService
 
 log = logging.getLogger("ploinkyd")
 
@@ -47,8 +49,7 @@ class QueueHandle:
     watch: str  # "inotify" | "polling"
 
 
-def tuning_for(config: Config, name: str, path: Path) -> tuple[QueueTuning, str]:
-    q = config.queue_settings(name)
+def tuning_for(q: QueueConfig, path: Path) -> tuple[QueueTuning, str]:
     polling = q.watch == "polling" or (q.watch == "auto" and needs_polling(path))
     tuning = QueueTuning(
         concurrency=q.concurrency,
@@ -97,6 +98,10 @@ class Daemon:
         self._lock_fd: int | None = None
         self._background: list[asyncio.Task[None]] = []
         self.api: Any = None
+        self.tiles: TileService | None = None
+        self.agents = AgentManager(self)
+        # Lent to every task through TaskContext.services (the queue passes it on blindly).
+        self.services: dict[str, Any] = {}
 
     # ---- public helpers used by the API -------------------------------------------------
 
@@ -116,6 +121,14 @@ class Daemon:
     def request_reload(self) -> None:
         self._reload.set()
 
+    def unready_reason(self) -> str | None:
+        """Why the daemon cannot do all its work now, or None (for ``/v1/ready``)."""
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return self.not_ready_reason or "starting"
+        return self.tiles.not_ready_reason() if self.tiles is not None else None
+
     def status_line(self) -> str:
         pending = running = done = failed = 0
         for h in self.queues.values():
@@ -125,6 +138,9 @@ class Daemon:
             done += snap["succeeded"]
             failed += snap["failed"] + snap["cancelled"]
         state = "draining" if self.draining else ("ready" if self.ready else self.not_ready_reason)
+        degraded = self.tiles.not_ready_reason() if self.tiles is not None and self.ready else None
+        if degraded:
+            state = f"degraded ({degraded})"
         queues = f"{len(self.queues)} queue{'s' if len(self.queues) != 1 else ''}"
         return (
             f"{state}: {queues}, {pending} pending, {running} running, {done} done, {failed} failed"
@@ -187,6 +203,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.plugins.load()
         self._kinds = self.plugins.task_kinds()
+        await self._start_tiles()
+        await self.agents.scan()
         self.committer.max_batch = self.config.queue_defaults.group_commit
         self.committer.start()
         self.watcher = Watcher(loop, self._on_hints, self._on_overflow)
@@ -201,6 +219,7 @@ class Daemon:
             asyncio.create_task(self._every(self._recovery_interval, self._recover_all)),
             asyncio.create_task(self._every(self._heartbeat_interval, self._heartbeat_all)),
             asyncio.create_task(self._every(lambda: 2.0, self._report_status)),
+            asyncio.create_task(self._supervise_agents()),
         ]
         if self.notifier.watchdog_interval:
             interval = self.notifier.watchdog_interval / 3
@@ -218,13 +237,37 @@ class Daemon:
             ", ".join(sorted(self.queues)),
         )
 
+    async def _start_tiles(self) -> None:
+        self.tiles = TileService(
+            self.config,
+            self.state_dir,
+            self.plugins.tile_runners(),
+            self.plugins.tile_operators(),
+            node=self.identity.node,
+        )
+        await self.tiles.start()
+        self.services["tiles"] = self.tiles
+
+    def _wanted_queues(self, config: Config) -> dict[str, tuple[Path, QueueConfig]]:
+        wanted = {
+            name: (config.queue_path(name, self.state_dir), config.queue_settings(name))
+            for name in set(config.queues) | {"default"}
+        }
+        for name, settings in self.agents.queue_configs().items():
+            if name in wanted:
+                log.error("queue %s is declared in config and by an agent; config wins", name)
+                continue
+            assert settings.path is not None
+            wanted[name] = (settings.path, settings)
+        return wanted
+
     async def _apply_queues(self, config: Config) -> None:
-        """Create, retune or retire queues so that they match ``config``."""
+        """Create, retune or retire queues so that they match ``config`` and the agents."""
         assert self.watcher is not None
-        wanted = set(config.queues) | {"default"}
+        wanted = self._wanted_queues(config)
         for name in sorted(wanted):
-            path = config.queue_path(name, self.state_dir)
-            tuning, watch = tuning_for(config, name, path)
+            path, settings = wanted[name]
+            tuning, watch = tuning_for(settings, path)
             handle = self.queues.get(name)
             if handle is not None and handle.layout.root == path:
                 handle.runner.retune(tuning)
@@ -242,6 +285,7 @@ class Daemon:
                 identity=self.identity,
                 clock=self.clock,
                 stats=stats,
+                services=self.services,
             )
             handle = QueueHandle(name, layout, runner, stats, watch)
             self.queues[name] = handle
@@ -250,8 +294,9 @@ class Daemon:
             await runner.recover()
             runner.start()
             log.info("queue %s at %s (%s, concurrency %d)", name, path, watch, tuning.concurrency)
-        for name in set(self.queues) - wanted:
+        for name in set(self.queues) - set(wanted):
             await self._retire(self.queues[name])
+        self.agents.after_queues_applied()
 
     async def _retire(self, handle: QueueHandle) -> None:
         assert self.watcher is not None
@@ -268,6 +313,10 @@ class Daemon:
             if self._reload_config is not None:
                 loaded = await asyncio.to_thread(self._reload_config)
                 self.loaded, self.config = loaded, loaded.config
+            if self.tiles is not None:
+                self.tiles.reconfigure(self.config)
+                self.tiles.operators = self.plugins.tile_operators()
+            await self.agents.scan()
             await self._apply_queues(self.config)
             self._kinds = self.plugins.task_kinds()
             self.plugins.config_reloaded(self, self.config)
@@ -294,6 +343,8 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         await self.plugins.shutdown(self)
+        if self.tiles is not None:
+            await self.tiles.close()
         if self.api is not None:
             await self.api.stop()
         log.info("stopped")
@@ -321,6 +372,11 @@ class Daemon:
                 raise
             except Exception:
                 log.exception("periodic %s failed", getattr(action, "__name__", action))
+
+    async def _supervise_agents(self) -> None:
+        # Warm agents' containers at once, then keep them up; Docker calls are off the loop.
+        await self.agents.supervise()
+        await self._every(lambda: SUPERVISE_INTERVAL_S, self.agents.supervise)
 
     def _rescan_all(self) -> None:
         for h in self.queues.values():
@@ -362,7 +418,7 @@ class Daemon:
             "pid": os.getpid(),
             "state": "draining" if self.draining else ("ready" if self.ready else "starting"),
             "ready": self.ready,
-            "reason": self.not_ready_reason or None,
+            "reason": self.unready_reason(),
             "uptime_s": round(time.time() - self.started_at, 3),
             "state_dir": str(self.state_dir),
             "socket": str(self.socket_path),
@@ -370,6 +426,7 @@ class Daemon:
             "inotify_overflows": self.watcher.overflows if self.watcher else 0,
             "queues": {name: self.queue_info(name) for name in sorted(self.queues)},
             "plugins": [{"name": p.name, "status": p.status} for p in self.plugins.report()],
+            "tiles": self.tiles.status() if self.tiles is not None else None,
             "kinds": sorted(self._kinds),
         }
 

@@ -9,7 +9,7 @@ code and ``retryable`` flag, any other exception becomes ``TASK_FAILED`` (retrya
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,9 @@ class TaskContext:
     # Kinds may add facts here (the runner that ran a tile, a cache hit); they land in the
     # record under "notes" so a reader can tell how the output was made.
     notes: dict[str, Any] = field(default_factory=dict)
+    # What the daemon lends its kinds (e.g. "tiles": the tile service). The queue passes it
+    # through without knowing what is inside.
+    services: Mapping[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ploinkyd.task"))
 
 

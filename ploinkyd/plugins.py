@@ -29,6 +29,7 @@ from ploinkyd import __version__, hookspecs
 from ploinkyd.errors import ConflictError, NotFoundError, PluginError
 from ploinkyd.hookspecs import PROJECT
 from ploinkyd.kinds import TaskKind
+from ploinkyd.tiles.model import OperatorSpec, RunnerSpec
 
 if TYPE_CHECKING:
     import argparse
@@ -116,8 +117,10 @@ def _check_none(value: Any) -> str | None:
 
 _RESULT_CHECKS: dict[str, ResultCheck] = {
     "ploinkyd_task_kinds": _check_task_kinds,
-    "ploinkyd_tile_operators": _list_of(None, "a list of tile operator descriptors"),
-    "ploinkyd_tile_runners": _list_of(None, "a list of tile runner descriptors"),
+    "ploinkyd_tile_operators": _list_of(
+        OperatorSpec, "a list of ploinkyd.tiles.model.OperatorSpec"
+    ),
+    "ploinkyd_tile_runners": _list_of(RunnerSpec, "a list of ploinkyd.tiles.model.RunnerSpec"),
     "ploinkyd_storage_backends": _check_storage_backends,
     "ploinkyd_backup_strategies": _list_of(None, "a list of backup strategy descriptors"),
     "ploinkyd_api_routes": _list_of(
@@ -149,7 +152,7 @@ def _traceback_summary(exc: BaseException, limit: int = 6) -> list[str]:
 class PluginHost:
     """Owns the pluggy ``PluginManager`` and every plugin's status."""
 
-    DEFAULT_PLUGINS: tuple[str, ...] = ("ploinkyd.builtin.echo",)
+    DEFAULT_PLUGINS: tuple[str, ...] = ("ploinkyd.builtin.echo", "ploinkyd.builtin.tiles")
 
     def __init__(self, disabled: Iterable[str] = (), entry_points: bool = True) -> None:
         self.pm = pluggy.PluginManager(PROJECT)
@@ -454,6 +457,28 @@ class PluginHost:
                 else:
                     self._warn(plugin, f"task kind {kind.name!r} is shadowed by plugin {owner!r}")
         return kinds
+
+    def tile_operators(self) -> dict[str, OperatorSpec]:
+        """All tile operators by name; for a duplicate name the first plugin wins."""
+        return self._first_by_name("ploinkyd_tile_operators", "tile operator")
+
+    def tile_runners(self) -> dict[str, RunnerSpec]:
+        """All tile runners by name; for a duplicate name the first plugin wins."""
+        return self._first_by_name("ploinkyd_tile_runners", "tile runner")
+
+    def _first_by_name(self, hook: str, what: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        owners: dict[str, str] = {}
+        for plugin, result in self.collect(hook):
+            for item in result:
+                owner = owners.setdefault(item.name, plugin)
+                if owner != plugin:
+                    self._warn(plugin, f"{what} {item.name!r} is shadowed by plugin {owner!r}")
+                elif item.name in found:
+                    self._warn(plugin, f"{what} {item.name!r} is returned twice; first used")
+                else:
+                    found[item.name] = item
+        return found
 
     def api_routes(self) -> list[tuple[str, web.RouteDef]]:
         """Extra routes with their plugin's name, to mount under ``/v1/x/<plugin name>/``."""

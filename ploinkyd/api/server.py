@@ -19,7 +19,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ploinkyd import metrics
+from ploinkyd.api.agents import routes as agent_routes
 from ploinkyd.api.envelope import envelope_middleware, float_param, paginate
+from ploinkyd.api.tiles import routes as tile_routes
 from ploinkyd.errors import NotFoundError, TaskError, UserError
 from ploinkyd.kinds import describe_validation, validation_details
 from ploinkyd.queue import submit as producer
@@ -43,10 +45,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    if d.ready and not d.draining:
+    reason = _daemon(request).unready_reason()
+    if reason is None:
         return web.json_response({"ready": True})
-    reason = "draining" if d.draining else (d.not_ready_reason or "starting")
     from ploinkyd.api.envelope import error_response
 
     return error_response(request["request_id"], 503, "NOT_READY", f"not ready: {reason}")
@@ -206,6 +207,8 @@ def build_app(daemon: Daemon) -> web.Application:
             web.get("/metrics", prometheus),
         ]
     )
+    app.add_routes(tile_routes)
+    app.add_routes(agent_routes)
     by_plugin: dict[str, list[web.RouteDef]] = {}
     for plugin, route in daemon.plugins.api_routes():
         by_plugin.setdefault(plugin, []).append(route)

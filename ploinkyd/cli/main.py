@@ -10,17 +10,19 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ploinkyd import __version__
+from ploinkyd.cli import agents as agent_cli
+from ploinkyd.cli import images as images_cli
 from ploinkyd.cli import output
-from ploinkyd.client import Client
-from ploinkyd.config import LoadedConfig, load_config, validate_file
-from ploinkyd.errors import PloinkyError, UserError
+from ploinkyd.cli import tiles as tiles_cli
+from ploinkyd.cli.common import client, load, read_json_arg
+from ploinkyd.config import load_config, validate_file
+from ploinkyd.errors import PloinkyError
 
 EXIT_TASK_FAILED = 1
 EXIT_WAIT_TIMEOUT = 75
@@ -51,6 +53,9 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     g.add_argument("--socket", type=Path, help="control socket path", **kw)
     g.add_argument("--json", action="store_true", help="print JSON instead of tables", **kw)
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], **kw)
+    g.add_argument(
+        "--runner", help="tile runner: docker or process (env PLOINKY_TILES_RUNNER)", **kw
+    )
     return common
 
 
@@ -129,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     psub.add_parser(
         "list", help="each plugin, its hooks and any error", parents=[common]
     ).set_defaults(func=cmd_plugin_list)
+    tiles_cli.register(sub, common)
+    images_cli.register(sub, common)
+    agent_cli.register(sub, common)
     _plugin_commands(sub)
     return p
 
@@ -144,30 +152,6 @@ def _plugin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     host = PluginHost(disabled=disabled)
     host.load()
     host.add_cli_commands(sub)
-
-
-# ---- config and client ------------------------------------------------------------------
-
-
-def _flags(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
-    return {
-        "daemon.state_dir": (args.state_dir, "flag --state-dir"),
-        "daemon.runtime_dir": (args.runtime_dir, "flag --runtime-dir"),
-        "daemon.node_id": (args.node_id, "flag --node-id"),
-        "daemon.log_level": (args.log_level, "flag --log-level"),
-        "api.socket": (args.socket, "flag --socket"),
-    }
-
-
-def load(args: argparse.Namespace) -> LoadedConfig:
-    config_file = args.config
-    if config_file is None and os.environ.get("PLOINKY_CONFIG"):
-        config_file = Path(os.environ["PLOINKY_CONFIG"])
-    return load_config(config_file=config_file, flags=_flags(args))
-
-
-def client(args: argparse.Namespace) -> Client:
-    return Client(load(args).config.resolved_socket())
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -221,18 +205,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_task(file: str) -> Any:
-    text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{'stdin' if file == '-' else file}: not valid JSON: {exc}", code="INVALID_JSON"
-        ) from None
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
-    body = _read_task(args.file)
+    body = read_json_arg(args.file)
     c = client(args)
     query = {"id": args.id, "wait": args.timeout if args.wait else None}
     res = c.request(

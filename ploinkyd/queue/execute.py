@@ -47,6 +47,7 @@ async def run_attempt(
     task: Task,
     *,
     kinds: Mapping[str, TaskKind],
+    services: Mapping[str, Any] | None = None,
     clock: Clock,
     queue: str,
     node: str,
@@ -81,6 +82,7 @@ async def run_attempt(
         node=node,
         labels=dict(task.labels),
         timeout_s=task.timeout_s,
+        services=services or {},
     )
     outcome = await _attempt(run, task, kind, ctx, value, clock)
     if outcome is not None and ctx.notes:

@@ -95,8 +95,10 @@ class QueueRunner:
         identity: locks.Identity,
         clock: Clock,
         stats: QueueStats,
+        services: Mapping[str, Any] | None = None,
     ) -> None:
         self.layout, self.tuning, self.kinds = layout, tuning, kinds
+        self.services: Mapping[str, Any] = services if services is not None else {}
         self.committer, self.me, self.clock, self.stats = committer, identity, clock, stats
         self.entries: dict[str, Entry] = {}
         self.ready: list[tuple[int, float, int, Entry]] = []
@@ -487,6 +489,7 @@ class QueueRunner:
                 run,
                 task,
                 kinds=self.kinds(),
+                services=self.services,
                 clock=self.clock,
                 queue=self.layout.name,
                 node=self.me.node,
