@@ -143,6 +143,8 @@ async def _attempt(
         )
     if isinstance(failure, TaskFailed):
         return Outcome("failed", error=failure.to_dict(), retryable=failure.retryable)
+    if isinstance(failure, TaskError):  # bad input the kind found late: final, never retried
+        return Outcome("failed", error=failure.to_dict())
     log.warning("queue %s: task %s raised %r", queue, entry.name, failure)
     return Outcome(
         "failed",
