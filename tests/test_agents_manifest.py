@@ -380,7 +380,7 @@ def readme_blocks(agent: str) -> tuple[dict[str, Any], dict[str, Any]]:
     # The shell example must drop the very same task.
     for heredoc in re.findall(r"<<'JSON'\n(.*?)\nJSON\n", text, re.DOTALL):
         assert json.loads(heredoc) == task
-    assert record["kind"] == task["kind"] and record["queue"] == agent
+    assert record["kind"] == task["kind"] and record["queue"] == f"agent.{agent}"
     return task, record
 
 
