@@ -1,0 +1,1 @@
+"""Tiles: operators run in warm sandboxed containers, compiled, cached (SPEC §6)."""
