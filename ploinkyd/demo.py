@@ -1,7 +1,10 @@
-"""A guided tour: a real daemon on a scratch directory, tasks dropped as files, their records.
+"""A guided tour: a real daemon on a scratch directory, tile, pipeline and agent tasks
+dropped as files, their records.
 
-Run it with ``python -m ploinkyd.demo`` (``bash scripts/demo.sh`` sets up ``.venv`` first).
-Exits 0 when every record is what the queue protocol promises, 1 otherwise.
+Run it with ``python -m ploinkyd.demo`` (``bash scripts/demo.sh`` sets up ``.venv``, the
+Docker engine and the tile images first). Tiles run in sandboxed Docker containers; only when
+no Docker engine answers does the demo fall back to ``--runner process`` and say so.
+Exits 0 when every record is what it should be, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -24,21 +27,81 @@ from ploinkyd.client import Client
 from ploinkyd.errors import PloinkyError
 
 Expected = tuple[Any, str, str | None]  # the file's content, its record's status and error code
+REPO = Path(__file__).resolve().parent.parent
+SALES = "region,amount\neast,12.50\nwest,3\neast,7.25\nnorth,10\nwest,4.10\n"
 
 
 def example_tasks(not_before: datetime) -> dict[str, Expected]:
     stamp = not_before.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
-        "hello": (
-            {"kind": "echo", "input": {"greeting": "hello"}, "labels": {"team": "demo"}},
+        "double": (
+            {
+                "kind": "tile",
+                "input": {"op": "map", "params": {"expr": "x * 2"}, "data": [1, 2, 3]},
+            },
             "succeeded",
             None,
         ),
-        "urgent": ({"kind": "echo", "input": "jump the queue", "priority": 9}, "succeeded", None),
+        "top3": (
+            {
+                "kind": "pipeline",
+                "input": {
+                    "data": [5, 3, 9, 1, 7, 4],
+                    "pipeline": [
+                        {"op": "filter", "params": {"expr": "x > 2"}},
+                        {"op": "sort", "params": {"reverse": True}},
+                        {"op": "take", "params": {"n": 3}},
+                    ],
+                },
+            },
+            "succeeded",
+            None,
+        ),
+        "teams": (
+            {
+                "kind": "pipeline",
+                "input": {
+                    "data": "name,team\nann,red\nbob,blue\ncy,red\n",
+                    "pipeline": {
+                        "nodes": [
+                            {"id": "rows", "op": "csv_parse", "inputs": ["$data"]},
+                            {
+                                "id": "by_team",
+                                "op": "group_by",
+                                "params": {"key": "x['team']"},
+                                "inputs": ["rows"],
+                            },
+                            {"id": "people", "op": "count", "inputs": ["rows"]},
+                        ],
+                        "outputs": ["by_team", "people"],
+                    },
+                },
+            },
+            "succeeded",
+            None,
+        ),
         "later": ({"kind": "echo", "input": [1, 2, 3], "not_before": stamp}, "succeeded", None),
-        "broken": ('{"kind": "echo", "input": ', "failed", "INVALID_JSON"),
+        "oops": (
+            {"kind": "tile", "input": {"op": "map", "params": {"expr": "1 / x"}, "data": [1, 0]}},
+            "failed",
+            "OP_FAILED",
+        ),
+        "broken": ('{"kind": "tile", "input": ', "failed", "INVALID_JSON"),
         "mystery": ({"kind": "resize", "input": {"width": 64}}, "failed", "UNKNOWN_KIND"),
     }
+
+
+def docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
 
 
 def drop(queue: Path, task_id: str, body: Any) -> None:
@@ -51,6 +114,12 @@ def drop(queue: Path, task_id: str, body: Any) -> None:
         os.fsync(fh.fileno())
     os.rename(tmp, queue / "tasks" / f"{task_id}.json")
     print(f"  tasks/{task_id + '.json':<13} {text}")
+
+
+def wait_for_dir(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def wait_ready(client: Client, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -95,9 +164,25 @@ def main() -> int:
     # The daemon must import the very ploinkyd this demo runs from.
     paths = [str(Path(ploinkyd.__file__).resolve().parent.parent), env.get("PYTHONPATH")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    cmd = [sys.executable, "-m", "ploinkyd", "run", "--node-id", "demo"]
-    cmd += ["--state-dir", str(state), "--runtime-dir", str(runtime)]
-    print(f"$ ploinkyd run --state-dir {state} --runtime-dir {runtime}   (log: {log})")
+    agents = root / "agents"
+    shutil.copytree(REPO / "agents" / "csv-report", agents / "csv-report")
+    agent_queue = agents / "csv-report" / ".ploinky" / "queue"
+    config = root / "config.toml"
+    config.write_text(f'[agents]\npaths = ["{agents}"]\n')
+    runner = "docker"
+    if not docker_answers():
+        runner = "process"
+        print(
+            "WARNING: no Docker engine answers; tiles run with --runner process: local "
+            "processes WITHOUT a sandbox. Run scripts/docker-engine.sh for the real thing.",
+            file=sys.stderr,
+        )
+    cmd = [sys.executable, "-m", "ploinkyd", "run", "--node-id", "demo", "--config", str(config)]
+    cmd += ["--state-dir", str(state), "--runtime-dir", str(runtime), "--runner", runner]
+    print(
+        f"$ ploinkyd run --state-dir {state} --runtime-dir {runtime} --runner {runner}"
+        f"   (log: {log})"
+    )
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
     client = Client(runtime / "control.sock", timeout=5)
@@ -110,7 +195,19 @@ def main() -> int:
         tasks = example_tasks(not_before)
         for task_id, (body, _, _) in tasks.items():
             drop(queue, task_id, body)
-        records = wait_records(queue, list(tasks))
+        print(f"and a task for the csv-report agent into {agent_queue}/tasks/:")
+        wait_for_dir(agent_queue / "tasks")
+        report = {
+            "kind": "tile",
+            "input": {
+                "op": "csv_report",
+                "params": {"group_by": "region", "sum": "amount"},
+                "data": SALES,
+            },
+        }
+        drop(agent_queue, "sales", report)
+        records = wait_records(queue, list(tasks), timeout=120)
+        agent_records = wait_records(agent_queue, ["sales"], timeout=120)
         print("records:")
         problems = []
         for task_id, (_, status, code) in tasks.items():
@@ -121,11 +218,15 @@ def main() -> int:
                 code,
             ):
                 problems.append(f"{task_id}: expected {status} {code or ''}")
+        sales = agent_records.get("sales")
+        print(show("sales", sales) if sales else "  sales: no record after 120s")
+        if sales is None or sales["status"] != "succeeded":
+            problems.append("sales: expected succeeded")
         started = records.get("later", {}).get("started_at")
         if started and datetime.fromisoformat(started) < not_before:
             problems.append(f"later: started at {started}, before its not_before")
-        if "hello" in records:
-            print("the full record of hello:\n" + json.dumps(records["hello"], indent=2))
+        if "double" in records:
+            print("the full record of double:\n" + json.dumps(records["double"], indent=2))
         st = client.get("/v1/status")
         print(f"$ ploinkyd status\nploinkyd {st['version']} on {st['node']}: {st['summary']}")
         for q in st["queues"].values():
