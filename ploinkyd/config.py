@@ -44,7 +44,16 @@ SYSTEM_CONFIG_FILE = Path("/etc/ploinky/config.toml")
 
 # PLOINKY_* variables that belong to other parts of ploinkyd, not to the config tree; every
 # other PLOINKY_* variable is read as config, so a typo surfaces as an "unknown key" error.
-_OTHERS = ("CONFIG", "PASSWORD", "PASSWORD_FILE", "PASSWORD_COMMAND", "REPOSITORY", "TOKEN")
+_OTHERS = (
+    "CONFIG",
+    "PASSWORD",
+    "PASSWORD_FILE",
+    "PASSWORD_COMMAND",
+    "REPOSITORY",
+    "TOKEN",
+    "DEBIAN_MIRROR",  # images build
+    "DOCKER_WAIT_S",  # scripts/docker-engine.sh
+)
 IGNORED_ENV = frozenset(f"PLOINKY_{name}" for name in _OTHERS)
 ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "PLOINKY_STATE_DIR": ("daemon", "state_dir"),
@@ -215,6 +224,15 @@ class LimitsConfig(_Section):
     pids: int = Field(64, ge=8)
 
 
+class CeilingsOverride(_Section):
+    """``[tiles.operator_ceilings.NAME]``: lower ceilings for one operator; a key left out
+    keeps the global ``[tiles.ceilings]`` value."""
+
+    memory_mb: int | None = Field(None, ge=16)
+    cpus: float | None = Field(None, gt=0)
+    pids: int | None = Field(None, ge=8)
+
+
 class TileCacheConfig(_Section):
     """``[tiles.cache]``: memoised tile results."""
 
@@ -239,7 +257,7 @@ class TilesConfig(_Section):
     ceilings: LimitsConfig = Field(
         default_factory=lambda: LimitsConfig(memory_mb=2048, cpus=2.0, pids=512)
     )
-    operator_ceilings: dict[str, LimitsConfig] = Field(default_factory=dict)
+    operator_ceilings: dict[str, CeilingsOverride] = Field(default_factory=dict)
     cache: TileCacheConfig = Field(default_factory=TileCacheConfig)
 
     @model_validator(mode="after")

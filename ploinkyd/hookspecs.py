@@ -76,27 +76,47 @@ def ploinkyd_task_kinds() -> list[TaskKind]:
 
 @hookspec
 def ploinkyd_tile_operators() -> list[Any]:
-    """Return the tile operators this plugin contributes to pipelines.
+    """Return the tile operators this plugin contributes to ``tile`` and ``pipeline`` tasks.
 
-    Called when plugins are loaded and after every reload. Return a list (possibly empty) of
-    operator descriptors. Each descriptor carries:
+    Called when the daemon starts, after every reload (SIGHUP), and by ``ploinkyd tiles
+    explain`` when no daemon answers. Return a list (possibly empty) of
+    :class:`ploinkyd.tiles.model.OperatorSpec`:
 
-    - ``name``: the ``op`` used in tasks and pipelines, e.g. ``"thumbnail"``;
-    - ``version``: a string that changes whenever the output for the same input may change (it
-      is part of the tile cache key);
-    - ``params_model``: a pydantic model validating ``params``;
-    - ``image`` / ``runtime``: the container image the operator runs in and how it is invoked
-      there (a tile-runtime operator name, or an ``exec`` command);
-    - ``fusable``: whether the compiler may fuse it with neighbours in the same image;
-    - cost hints (expected CPU seconds, memory, output-to-input size ratio) the compiler uses
-      for ``explain`` and scheduling.
+    - ``name``: the ``op`` tasks write, e.g. ``"slugify"``;
+    - ``version`` (default ``"1"``): part of every tile cache key; change it whenever the output
+      for the same input and params may change;
+    - ``params_model``: a pydantic model the daemon checks ``params`` against before any round
+      trip (a failure is an ``INVALID_PIPELINE`` record); ``None`` accepts any params;
+    - ``image``: the image it runs in; ``None`` means the configured ``tiles.image``;
+    - the code: ``runtime`` (default ``name``), the name of an ``@operator`` function in the tile
+      runtime, found in ``modules`` (imported by the runtime at start) which live in ``mounts``
+      (``Mount(source, target)``, read-only; every target goes on the runtime's module path).
+      The module runs inside the container with the standard library only and says
+      ``from tile_runtime import operator, OpError``. Or ``exec``: a command that reads the
+      input on stdin and prints the output, with ``exec_format`` ``"json"`` or ``"text"``;
+    - ``fusable`` (default true): whether the compiler may run it in one round trip with its
+      neighbours (only with operators of the same image, modules and mounts; never in exec mode);
+    - ``cost``: ``CostHints(cpu_us_per_item, memory_mb, size_ratio)``, used for ``explain``
+      estimates only;
+    - ``limits``: a ``Limits`` ceiling for this operator, on top of ``[tiles.ceilings]``;
+    - ``description`` and ``owner``: shown by ``ploinkyd tiles operators``.
+
+    When two plugins return the same name, the first one in hook call order wins (external
+    plugins before the built-ins, which are ``trylast``); the other gets a warning.
 
     Example::
 
+        class SlugParams(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            sep: str = "-"
+
         @hookimpl
         def ploinkyd_tile_operators():
-            return [OperatorSpec(name="thumbnail", version="1", params_model=ThumbParams,
-                                 image="ploinky/imaging:1", runtime="thumbnail", fusable=True)]
+            return [OperatorSpec(
+                name="slugify", version="1", params_model=SlugParams,
+                modules=("slug_ops",),  # tile_ops/slug_ops.py: @operator("slugify")
+                mounts=(Mount(Path(__file__).parent / "tile_ops", "/opt/slug-ops"),),
+                cost=CostHints(cpu_us_per_item=2.0))]
     """
     raise NotImplementedError
 
@@ -105,11 +125,27 @@ def ploinkyd_tile_operators() -> list[Any]:
 def ploinkyd_tile_runners() -> list[Any]:
     """Return the tile runners this plugin provides.
 
-    A runner executes tile requests somewhere: ``docker`` (the default) and ``process``
-    (unsandboxed, opt-in) are built in. Return a list (possibly empty) of runner descriptors,
-    each with a unique ``name`` (chosen by ``[tiles] runner`` in config), a factory that builds
-    the runner from its config section, and whether it sandboxes (an unsandboxed runner is
-    reported as such everywhere).
+    Called once when the daemon starts; ``[tiles] runner`` (env ``PLOINKY_TILES_RUNNER``, flag
+    ``--runner``) names the one to use, and a change takes effect on restart. ``docker`` (the
+    default) and ``process`` (unsandboxed, opt-in) are built in. Return a list (possibly empty)
+    of :class:`ploinkyd.tiles.model.RunnerSpec`:
+
+    - ``name``: unique, the value of ``tiles.runner``;
+    - ``factory``: called as ``factory(tiles_config, state_dir, node=node_id)`` with the
+      ``[tiles]`` config section (``TilesConfig``), the daemon's state dir and its node id;
+      returns the runner;
+    - ``sandboxed``: ``False`` makes the daemon warn at start and every tile record say
+      ``"sandboxed": false``;
+    - ``description``.
+
+    The runner implements :class:`ploinkyd.tiles.model.TileRunner`, whose docstrings are the
+    contract: ``start()`` (must not fail when its backend is down), ``call(TileCall)`` returning
+    the last stage's output or raising ``TaskFailed`` with the documented codes (``TaskDeferred``
+    with ``ENGINE_UNAVAILABLE`` when the backend cannot be reached: the task waits without
+    spending an attempt), ``close()`` and ``status()`` (``ready`` false makes ``/v1/ready``
+    answer 503 with ``reason``). Cancelling ``call`` must kill the worker that ran it. Optional
+    methods the daemon uses when present: ``containers()`` (``GET /v1/tiles/containers``),
+    ``retire(pool)`` and ``logs(pool, lines)`` (agents), ``image_id(image)`` (cache keys).
 
     Example::
 

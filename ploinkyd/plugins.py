@@ -9,6 +9,7 @@ hook and the error, and the daemon and every other plugin carry on.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
@@ -459,25 +460,32 @@ class PluginHost:
         return kinds
 
     def tile_operators(self) -> dict[str, OperatorSpec]:
-        """All tile operators by name; for a duplicate name the first plugin wins."""
-        return self._first_by_name("ploinkyd_tile_operators", "tile operator")
+        """All tile operators by name; for a duplicate name the first plugin wins. An operator
+        that does not name its owner is credited to the plugin that returned it."""
+        found = self._first_by_name("ploinkyd_tile_operators", "tile operator")
+        return {
+            name: spec
+            if spec.owner != "builtin" or plugin.startswith("ploinkyd.")
+            else dataclasses.replace(spec, owner=plugin)
+            for name, (plugin, spec) in found.items()
+        }
 
     def tile_runners(self) -> dict[str, RunnerSpec]:
         """All tile runners by name; for a duplicate name the first plugin wins."""
-        return self._first_by_name("ploinkyd_tile_runners", "tile runner")
+        found = self._first_by_name("ploinkyd_tile_runners", "tile runner")
+        return {name: spec for name, (_, spec) in found.items()}
 
-    def _first_by_name(self, hook: str, what: str) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        owners: dict[str, str] = {}
+    def _first_by_name(self, hook: str, what: str) -> dict[str, tuple[str, Any]]:
+        found: dict[str, tuple[str, Any]] = {}
         for plugin, result in self.collect(hook):
             for item in result:
-                owner = owners.setdefault(item.name, plugin)
-                if owner != plugin:
-                    self._warn(plugin, f"{what} {item.name!r} is shadowed by plugin {owner!r}")
-                elif item.name in found:
+                owner = found[item.name][0] if item.name in found else None
+                if owner is None:
+                    found[item.name] = (plugin, item)
+                elif owner == plugin:
                     self._warn(plugin, f"{what} {item.name!r} is returned twice; first used")
                 else:
-                    found[item.name] = item
+                    self._warn(plugin, f"{what} {item.name!r} is shadowed by plugin {owner!r}")
         return found
 
     def api_routes(self) -> list[tuple[str, web.RouteDef]]:

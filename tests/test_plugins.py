@@ -21,6 +21,7 @@ from ploinkyd.plugins import PluginHost, PluginInfo
 _PACKAGE = __name__.rpartition(".")[0]
 FIXTURES = f"{_PACKAGE}.plugins_fixture" if _PACKAGE else "plugins_fixture"
 ECHO = "ploinkyd.builtin.echo"
+TILES = "ploinkyd.builtin.tiles"
 ALL_HOOKS = sorted(name for name in vars(hookspecs) if name.startswith("ploinkyd_"))
 
 
@@ -193,6 +194,7 @@ def test_disabled_plugins_are_reported_and_not_imported() -> None:
     statuses = {i.name: (i.status, i.source) for i in host.report()}
     assert statuses == {
         ECHO: ("disabled", "builtin"),
+        TILES: ("active", "builtin"),
         "nosuch": ("disabled", "config"),
         "broken": ("disabled", "test"),
     }
@@ -263,8 +265,10 @@ async def test_every_hook_is_called(host: PluginHost) -> None:
         assert doc and "Example::" in doc, name
 
     assert await host.task_kinds()["answer"].run(ctx("answer"), None) == 42
-    assert host.collect("ploinkyd_tile_operators") == [("all", [allhooks.Descriptor("upper")])]
-    assert host.collect("ploinkyd_tile_runners") == [("all", [allhooks.Descriptor("inline")])]
+    assert host.tile_operators()["upper"].owner == "all"  # credited to its plugin
+    assert "map" in host.tile_operators()  # the built-ins stay
+    assert host.tile_runners()["inline"].sandboxed is False
+    assert [p for p, _ in host.collect("ploinkyd_tile_runners")] == ["all", TILES]
     assert host.collect("ploinkyd_storage_backends") == [("all", {"mem": dict})]
     assert host.collect("ploinkyd_backup_strategies") == [("all", [allhooks.Descriptor("mirror")])]
 
@@ -301,7 +305,7 @@ def test_wrong_types_for_other_hooks(
 ) -> None:
     host.register_module("all", allhooks.AllHooks(), "test")
     host.register_module("wrong", allhooks.WrongTypes(), "test")
-    results = host.collect(hook, **kwargs)
+    results = [r for r in host.collect(hook, **kwargs) if not r[0].startswith("ploinkyd.")]
     assert [owner for owner, _ in results] == ([] if hook.endswith("reloaded") else ["all"])
     wrong = info(host, "wrong")
     assert wrong.status == "quarantined"
@@ -413,4 +417,4 @@ def test_entry_points_can_be_disabled_or_skipped(plugin_dist: Path) -> None:
     assert report["raises"].source == "entrypoint:ploinky-fixture-plugins"
     assert "ploinky_ep_raises" not in sys.modules
 
-    assert [i.name for i in PluginHost(entry_points=False).load()] == [ECHO]
+    assert [i.name for i in PluginHost(entry_points=False).load()] == [ECHO, TILES]

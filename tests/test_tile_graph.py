@@ -205,10 +205,7 @@ def test_unknown_op_suggests_and_lists_known_ones() -> None:
 
 def test_invalid_params_use_the_operators_model() -> None:
     err = invalid([{"op": "take", "params": {"n": "many"}}])
-    assert err.message == (
-        "node 'n0' (take): params.n: Input should be a valid integer, "
-        "unable to parse string as an integer"
-    )
+    assert err.message == "node 'n0' (take): params.n: Input should be a valid integer"
     err = invalid([{"op": "map", "params": {"exprr": "x"}}])
     assert err.details["problems"][0]["field"] in {"expr", "exprr"}
     assert "params.expr: Field required" in err.message

@@ -192,7 +192,8 @@ RunnerFactory = Callable[..., TileRunner]
 
 @dataclass(frozen=True)
 class RunnerSpec:
-    """A runner, as returned by ``ploinkyd_tile_runners``: ``factory(config, runtime_dir)``."""
+    """A runner, as returned by ``ploinkyd_tile_runners``: the daemon builds it with
+    ``factory(tiles_config, state_dir, node=node_id)`` (``TilesConfig``, ``Path``, ``str``)."""
 
     name: str
     factory: RunnerFactory

@@ -2,7 +2,8 @@
 
 The operators themselves run inside the sandbox (``ploinkyd.tile_runtime.ops``). Validating
 their params here as well means a typo in a task (``"exprr"``, a syntax error in ``expr``)
-becomes an ``INVALID_INPUT`` record at once, without a container round trip.
+becomes an ``INVALID_PIPELINE`` record at once, without a container round trip. The models are
+strict, like the runtime: ``"yes"`` is not a boolean here either.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _check_expr(value: str) -> str:
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ExprParams(_Params):
@@ -76,6 +77,7 @@ class CsvParseParams(_Params):
 class CsvFormatParams(_Params):
     delimiter: str = Field(",", min_length=1, max_length=1)
     columns: list[str] | None = None
+    header: bool = True
 
 
 class NoParams(_Params):

@@ -17,8 +17,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ploinkyd.config import Config, LimitsConfig
-from ploinkyd.errors import ConfigError, TaskError
+from ploinkyd.config import Config
+from ploinkyd.errors import ConfigError, TaskDeferred, TaskError
 from ploinkyd.kinds import TaskContext
 from ploinkyd.tiles import images
 from ploinkyd.tiles.cache import TileCache
@@ -62,6 +62,8 @@ class TileService:
         self.runner_specs = dict(runners)
         self.operators = dict(operators)
         self.agent_operators: dict[str, dict[str, OperatorSpec]] = {}
+        # Agents stopped by a person: calls of their operators wait (from any queue).
+        self.stopped_agents: set[str] = set()
         spec = self.runner_specs.get(config.tiles.runner)
         if spec is None:
             known = ", ".join(sorted(self.runner_specs)) or "none"
@@ -123,9 +125,8 @@ class TileService:
         """What a task in ``queue`` may use: every operator, agents' as ``<agent>.<op>``, and
         inside an agent's own queue its operators by their bare names as well."""
         ops = dict(self.operators)
-        for agent, specs in self.agent_operators.items():
-            for name, spec in specs.items():
-                ops[f"{agent}.{name}"] = spec
+        for specs in self.agent_operators.values():
+            ops.update(specs)  # already named "<agent>.<op>" (a command: "<agent>")
         own = self.agent_operators.get(agent_of_queue(queue or "") or "", {})
         ops.update({self._bare(spec): spec for spec in own.values()})
         return ops
@@ -146,7 +147,8 @@ class TileService:
         """The compiled plan of a pipeline, for ``explain``."""
         ops = self.operators_for(queue)
         graph = parse_pipeline(pipeline, ops)
-        return compile_graph(graph, ops, self.default_image(), default_limits=self._limits(None))
+        plan = compile_graph(graph, ops, self.default_image(), default_limits=self._limits(None))
+        return self._agent_resources(plan, ops, None)
 
     def default_image(self) -> str:
         return self.config.tiles.image
@@ -163,6 +165,7 @@ class TileService:
         plan = compile_graph(
             graph, ops, self.default_image(), default_limits=self._limits(requested)
         )
+        plan = self._agent_resources(plan, ops, requested)
         for group in plan.groups:
             self.check_ceilings(group, ops)
         counts = {"calls": 0}
@@ -173,19 +176,25 @@ class TileService:
 
         cache = self.cache if use_cache and self.config.tiles.cache.enabled else None
         image_ids = await self._image_ids_for(plan) if cache is not None else None
-        hits_before = self.cache.hits
         output = await execute_plan(plan, data, call_group, cache=cache, image_ids=image_ids)
         ctx.notes["tiles"] = {
             "runner": self.spec.name,
             "sandboxed": self.spec.sandboxed,
             "groups": len(plan.groups),
             "calls": counts["calls"],
-            "cache_hits": self.cache.hits - hits_before if cache is not None else 0,
+            # Every group either went to the runner or came from the cache.
+            "cache_hits": len(plan.groups) - counts["calls"],
         }
         return output
 
     async def _call(self, group: Group, value: Any, ops: Mapping[str, OperatorSpec]) -> Any:
         owner = ops[group.nodes[0].op].owner
+        agent = owner.removeprefix("agent:")
+        if owner.startswith("agent:") and agent in self.stopped_agents:
+            raise TaskDeferred(
+                f"agent {agent} is stopped; the task waits for 'ploinkyd agent start {agent}'",
+                code="AGENT_STOPPED",
+            )
         call = TileCall(
             image=group.image,
             stages=group.stages,
@@ -219,11 +228,36 @@ class TileService:
         except ValueError as exc:
             raise TaskError(f"limits: {exc}", code="INVALID_INPUT") from None
 
+    @staticmethod
+    def _agent_resources(
+        plan: Plan, ops: Mapping[str, OperatorSpec], requested: LimitRequest | None
+    ) -> Plan:
+        """An agent's operators run with its ``[resources]`` (the size of its warm containers)
+        unless the task or the node asks for other values; the config's ``[tiles.limits]``
+        would often be above what the agent allows."""
+        groups: list[Group] = []
+        for group in plan.groups:
+            spec = ops[group.nodes[0].op]
+            if spec.limits is None or not spec.owner.startswith("agent:"):
+                groups.append(group)
+                continue
+            base = spec.limits.model_dump()
+            if requested is not None:
+                base.update(requested.model_dump(exclude_none=True))
+            limits: Limits | None = None
+            for node in group.nodes:
+                asked = dict(base)
+                if node.limits is not None:
+                    asked.update(node.limits.model_dump(exclude_none=True))
+                limits = Limits(**asked) if limits is None else limits.merge(Limits(**asked))
+            groups.append(group.model_copy(update={"limits": limits}))
+        return plan.model_copy(update={"groups": tuple(groups)})
+
     def check_ceilings(self, group: Group, ops: Mapping[str, OperatorSpec]) -> None:
         """Two tiers: whatever a task (or a node) asks for must stay within the ceilings of
         the config and of every operator in the group."""
         t = self.config.tiles
-        ceilings: list[tuple[str, LimitsConfig | Limits]] = [("tiles.ceilings", t.ceilings)]
+        ceilings: list[tuple[str, Any]] = [("tiles.ceilings", t.ceilings)]
         for node in group.nodes:
             if node.op in t.operator_ceilings:
                 ceilings.append(
@@ -235,7 +269,8 @@ class TileService:
         for key in ("memory_mb", "cpus", "pids"):
             asked = getattr(group.limits, key)
             for where, ceiling in ceilings:
-                if asked > getattr(ceiling, key):
+                most = getattr(ceiling, key)
+                if most is not None and asked > most:
                     raise TaskError(
                         f"limits.{key} = {asked:g} is above {where}.{key} = "
                         f"{getattr(ceiling, key):g}; ask for less or raise the ceiling",

@@ -10,11 +10,16 @@ from aiohttp import web
 
 from ploinkyd.hookspecs import hookimpl
 from ploinkyd.kinds import TaskContext, TaskKind
+from ploinkyd.tiles.model import OperatorSpec, RunnerSpec
 
 
 @dataclass
 class Descriptor:
     name: str
+
+
+def _no_runner(*args: Any, **kwargs: Any) -> Any:
+    raise NotImplementedError
 
 
 async def _ping(request: web.Request) -> web.Response:
@@ -35,11 +40,11 @@ class AllHooks:
 
     @hookimpl
     def ploinkyd_tile_operators(self) -> list[Any]:
-        return [Descriptor("upper")]
+        return [OperatorSpec("upper")]
 
     @hookimpl
     def ploinkyd_tile_runners(self) -> list[Any]:
-        return [Descriptor("inline")]
+        return [RunnerSpec("inline", _no_runner, sandboxed=False)]
 
     @hookimpl
     def ploinkyd_storage_backends(self) -> dict[str, Any]:
