@@ -43,6 +43,8 @@ def dk_self(data: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 @operator("dk_exit")
 def dk_exit(data: Any, params: dict[str, Any]) -> Any:
+    if params.get("say"):
+        os.write(2, str(params["say"]).encode() + b"\n")
     os._exit(int(params.get("status", 3)))
 
 
@@ -77,3 +79,9 @@ def dk_fork(data: Any, params: dict[str, Any]) -> dict[str, Any]:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     return {"forked": len(children), "errno": error}
+
+
+@operator("dk_say")
+def dk_say(data: Any, params: dict[str, Any]) -> Any:
+    os.write(2, str(params.get("text", "hello")).encode() + b"\n")
+    return data
