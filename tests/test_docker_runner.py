@@ -26,7 +26,7 @@ from ploinkyd.tiles.docker_containers import (
     LABEL_POOL,
 )
 from ploinkyd.tiles.docker_runner import DockerRunner
-from ploinkyd.tiles.model import Limits, Stage, TileCall, TileRunner
+from ploinkyd.tiles.model import Limits, Mount, Stage, TileCall, TileRunner
 from tests.docker_env import (
     DOCKER_OPS,
     OPS_MOUNT,
@@ -568,3 +568,23 @@ async def test_named_pools_have_logs_and_retire_alone(make: RunnerFactory) -> No
     ident = await runner.image_id(python_image())
     assert ident is not None and ident == api().inspect_image(python_image())["Id"]
     assert await runner.image_id("ploinky/no-such-image:1") is None
+
+
+async def test_hidden_subdirectory_of_a_mount_is_empty_inside(
+    make: RunnerFactory, tmp_path: Path
+) -> None:
+    agent_dir = tmp_path / "agent"
+    (agent_dir / ".ploinky" / "queue" / "tasks").mkdir(parents=True)
+    (agent_dir / ".ploinky" / "queue" / "tasks" / "secret.json").write_text("{}")
+    (agent_dir / "code.py").write_text("x = 1\n")
+    mount = Mount(agent_dir, "/opt/ploinky/agents/a", hide=(".ploinky",))
+    runner = await make()
+    listing = TileCall(
+        image=python_image(),
+        stages=(),
+        input="",
+        mounts=(mount,),
+        exec=("sh", "-c", "ls -A /opt/ploinky/agents/a; ls -A /opt/ploinky/agents/a/.ploinky"),
+        exec_format="text",
+    )
+    assert await runner.call(listing) == ".ploinky\ncode.py\n"

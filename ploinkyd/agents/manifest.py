@@ -280,7 +280,8 @@ class AgentManifest(_Table):
         """The agent directory (read-only, on the module path) plus the declared mounts, with
         absolute host sources as the container engine needs them."""
         root = agent_dir.resolve()
-        own = Mount(source=root, target=self.mount_target, writable=False)
+        # Its queue lives in .ploinky/: tasks and records of other producers stay hidden.
+        own = Mount(source=root, target=self.mount_target, writable=False, hide=(_PRIVATE_DIR,))
         declared = (Mount((root / m.source).resolve(), m.target, m.writable) for m in self.mounts)
         return (own, *declared)
 

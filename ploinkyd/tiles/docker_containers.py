@@ -74,6 +74,17 @@ def _mounts(spec: ContainerSpec) -> list[DockerMount]:
             raise ValueError(f"refusing to mount the Docker socket ({source}) into a tile")
         # type=bind fails on a missing source, where a -v bind would create it as root.
         out.append(DockerMount(m.target, source, type="bind", read_only=not m.writable))
+        for sub in m.hide:
+            if (Path(source) / sub).is_dir():  # the mount point must exist in the source
+                out.append(
+                    DockerMount(
+                        f"{m.target.rstrip('/')}/{sub}",
+                        None,
+                        type="tmpfs",
+                        read_only=True,
+                        tmpfs_size=4096,
+                    )
+                )
     return out
 
 

@@ -80,11 +80,14 @@ class LimitRequest(BaseModel):
 
 @dataclass(frozen=True)
 class Mount:
-    """A bind mount into the container (read-only unless ``writable``)."""
+    """A bind mount into the container (read-only unless ``writable``). ``hide`` names
+    subdirectories of ``source`` that the container must not see (an empty read-only tmpfs
+    is mounted over each): an agent's ``.ploinky/`` holds its queue."""
 
     source: Path
     target: str
     writable: bool = False
+    hide: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
