@@ -294,7 +294,7 @@ def test_operator_specs_for_operators(make_agent: MakeAgent) -> None:
         None,
     )
     assert spec.mounts == (
-        Mount(agent_dir.resolve(), "/opt/ploinky/agents/rep", writable=False),
+        Mount(agent_dir.resolve(), "/opt/ploinky/agents/rep", writable=False, hide=(".ploinky",)),
         Mount(agent_dir.resolve() / "data", "/data", writable=True),
     )
     assert (spec.limits, spec.description, spec.owner) == (limits, "d", "agent:rep")
