@@ -302,7 +302,15 @@ class Daemon:
         assert self.watcher is not None
         self.watcher.unwatch(handle.name)
         self.queues.pop(handle.name, None)
-        await handle.runner.drain(self.config.daemon.drain_timeout_s)
+        try:
+            await handle.runner.drain(self.config.daemon.drain_timeout_s)
+        except Exception as exc:
+            # Its directory may be gone (an agent directory deleted before the reload); one
+            # queue's end must not take the daemon down.
+            log.warning(
+                "queue %s retired after an error: %s: %s", handle.name, type(exc).__name__, exc
+            )
+            return
         log.info("queue %s retired", handle.name)
 
     async def reload(self) -> None:

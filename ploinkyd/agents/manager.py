@@ -1,17 +1,26 @@
 """Running agents: discovery on start and reload, their queues, warm containers, supervision.
 
 An agent's lifecycle as the API shows it: ``running`` (its queue claims, a warm container is
-kept), ``stopped`` (queue paused, containers removed; tasks wait), ``failing`` (its container
-does not come up; retried with backoff up to ``agents.restart_backoff_max``) and ``invalid``
-(its ``agent.toml`` does not load; the message says what to fix).
+kept), ``stopped`` (queue paused, containers removed; its tasks wait, and so do tasks of other
+queues that call its operators) and ``failing`` (its container does not come up; retried with
+backoff up to ``agents.restart_backoff_max``). A directory whose ``agent.toml`` does not load
+is listed under ``problems`` with a message that says what to fix; if that agent was already
+running, the version loaded before keeps serving (its ``reason`` says so) until the manifest
+is fixed, as a bad config edit keeps the old config.
+
+The container side goes through the tile runner's optional methods ``containers()``,
+``retire(pool)`` and ``logs(pool, n)``; a runner without them (the process runner) still runs
+agents, it just cannot list, remove or tail their workers one agent at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ploinkyd.agents")
 
+_FAILING = "its container does not start: "
+# Failures of a container that was up (crashed, killed, out of memory, garbled), as opposed
+# to one that cannot start: worth one immediate retry on a new container.
+_DIED = frozenset({"CONTAINER_FAILED", "CONTAINER_OOM", "PROTOCOL_ERROR"})
+
 SUPERVISE_INTERVAL_S = 5.0
+# How long ``stop`` lets the agent's running tasks finish before removing their containers
+# (bounded well below a client's request timeout; a task cut short is retried later).
+STOP_GRACE_MAX_S = 10.0
 
 
 @dataclass
@@ -74,17 +91,30 @@ class AgentManager:
         wanted: dict[str, AgentState] = {}
         for name, agent in found.agents.items():
             try:
-                wanted[name] = self._state_for(name, agent)
+                wanted[name] = await asyncio.to_thread(self._state_for, name, agent)
             except ConfigError as exc:
                 self.problems[str(agent.dir)] = exc.message
         for name in set(self.agents) - set(wanted):
+            kept = self.agents[name]
+            problem = self.problems.get(str(kept.dir))
+            if problem is not None and kept.dir.is_dir():
+                # A broken edit must not take a working agent down: keep what was loaded.
+                kept.reason = (
+                    "agent.toml no longer loads; still serving the version loaded before: "
+                    + problem
+                )
+                log.error("agent %s: %s", name, kept.reason)
+                continue
             await self._forget(name)
         for name, new in wanted.items():
             old = self.agents.get(name)
             if old is not None:
                 new.state, new.restarts, new.started_at = old.state, old.restarts, old.started_at
-                if old.specs != new.specs or old.limits != new.limits:
-                    await self._retire_containers(old)  # code or image changed: start afresh
+                if old.dir != new.dir or old.specs != new.specs or old.limits != new.limits:
+                    # Manifest, image or code changed (the code digest is in the versions):
+                    # warm containers would go on serving the modules they imported.
+                    log.info("agent %s changed; replacing its containers", name)
+                    await self._retire_containers(old)
             elif name in self._stopped:
                 new.state = "stopped"
             self.agents[name] = new
@@ -95,17 +125,34 @@ class AgentManager:
         cfg = self.daemon.config
         limits = agent.manifest.limits(agent.dir, cfg.tiles.limits, cfg.tiles.ceilings)
         specs = agent.manifest.operator_specs(agent.dir, cfg.tiles.image, limits=limits)
+        digest = _code_digest(agent.dir)
+        if digest is not None:
+            # An edit of the operator code without a version bump must neither be served
+            # from the tile cache nor by containers that imported the old modules.
+            specs = [s if s.exec else replace(s, version=f"{s.version}+{digest}") for s in specs]
         return AgentState(name, agent.dir, agent.manifest, specs, limits)
 
     def _register(self, agent: AgentState) -> None:
         tiles = self.daemon.tiles
         if tiles is not None:
             tiles.set_agent_operators(agent.name, agent.specs)
+            self._hold_calls(agent.name, agent.state == "stopped")
+
+    def _hold_calls(self, name: str, hold: bool) -> None:
+        """Calls of a stopped agent's operators from other queues wait as well."""
+        tiles = self.daemon.tiles
+        if tiles is None:
+            return
+        if hold:
+            tiles.stopped_agents.add(name)
+        else:
+            tiles.stopped_agents.discard(name)
 
     async def _forget(self, name: str) -> None:
         agent = self.agents.pop(name)
         if self.daemon.tiles is not None:
             self.daemon.tiles.remove_agent(name)
+        self._hold_calls(name, False)
         await self._retire_containers(agent)
         log.info("agent %s removed", name)
 
@@ -137,6 +184,7 @@ class AgentManager:
         self._stopped.discard(name)
         agent.state, agent.reason, agent.failures, agent.next_try = "running", None, 0, 0.0
         agent.started_at = time.time()
+        self._hold_calls(name, False)
         self._queue_runner(agent, resume=True)
         await self._warm(agent)
         return agent
@@ -145,8 +193,11 @@ class AgentManager:
         agent = self.get(name)
         self._stopped.add(name)
         agent.state, agent.reason = "stopped", None
+        self._hold_calls(name, True)
         self._queue_runner(agent, resume=False)
-        await self._retire_containers(agent)
+        await self._let_running_finish(agent)
+        if agent.state == "stopped":  # not started again meanwhile
+            await self._retire_containers(agent)
         return agent
 
     async def restart(self, name: str) -> AgentState:
@@ -159,6 +210,13 @@ class AgentManager:
         handle = self.daemon.queues.get(agent.queue)
         if handle is not None:
             handle.runner.resume() if resume else handle.runner.pause()
+
+    async def _let_running_finish(self, agent: AgentState) -> None:
+        handle = self.daemon.queues.get(agent.queue)
+        grace = min(self.daemon.config.daemon.drain_timeout_s, STOP_GRACE_MAX_S)
+        deadline = time.monotonic() + grace
+        while handle is not None and handle.runner.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _retire_containers(self, agent: AgentState) -> None:
         tiles = self.daemon.tiles
@@ -189,22 +247,43 @@ class AgentManager:
         call = self._warm_call(agent)
         if call is None or self.daemon.tiles is None:
             return
+        failure = await self._round_trip(call)
+        if failure is not None and failure[0] in _DIED:
+            # The warm container crashed since the last round; the runner has dropped it and
+            # the next call starts a new one.
+            log.warning(
+                "agent %s: its container died (%s); starting a new one", agent.name, failure[1]
+            )
+            failure = await self._round_trip(call)
+        if self.agents.get(agent.name) is not agent or agent.state == "stopped":
+            # Stopped or removed while the container was starting: it must not linger.
+            await self._retire_containers(agent)
+            return
+        if failure is not None:
+            self._failed(agent, failure[1])
+            return
+        if agent.state == "failing":
+            agent.restarts += 1
+            log.info("agent %s: container back up", agent.name)
+        agent.state, agent.failures = "running", 0
+        if agent.reason is not None and agent.reason.startswith(_FAILING):
+            agent.reason = None
+
+    async def _round_trip(self, call: TileCall) -> tuple[str, str] | None:
+        """None, or the (code, message) of the failure."""
+        assert self.daemon.tiles is not None
         try:
             await self.daemon.tiles.runner.call(call)
         except PloinkyError as exc:
-            self._failed(agent, exc.message)
+            return exc.code, exc.message
         except Exception as exc:
-            self._failed(agent, f"{type(exc).__name__}: {exc}")
-        else:
-            if agent.state == "failing":
-                agent.restarts += 1
-                log.info("agent %s: container back up", agent.name)
-            agent.state, agent.reason, agent.failures = "running", None, 0
+            return "INTERNAL", f"{type(exc).__name__}: {exc}"
+        return None
 
     def _failed(self, agent: AgentState, reason: str) -> None:
         agent.failures += 1
         backoff = min(self.daemon.config.agents.restart_backoff_max, 2.0 ** min(agent.failures, 10))
-        agent.state, agent.reason = "failing", reason
+        agent.state, agent.reason = "failing", f"{_FAILING}{reason}"
         agent.next_try = time.monotonic() + backoff
         log.warning(
             "agent %s: container failed (%s); retrying in %.0fs", agent.name, reason, backoff
@@ -220,13 +299,16 @@ class AgentManager:
 
     # ---- reporting ----------------------------------------------------------------------
 
+    def containers(self, agent: AgentState) -> list[dict[str, Any]]:
+        """The runner's containers of this agent (live ones, then recently removed ones)."""
+        tiles = self.daemon.tiles
+        listing = getattr(tiles.runner, "containers", None) if tiles is not None else None
+        if listing is None:
+            return []
+        return [c for c in listing() if c.get("pool") == agent.pool]
+
     def describe(self, agent: AgentState) -> dict[str, Any]:
         handle = self.daemon.queues.get(agent.queue)
-        tiles = self.daemon.tiles
-        containers: list[dict[str, Any]] = []
-        listing = getattr(tiles.runner, "containers", None) if tiles is not None else None
-        if listing is not None:
-            containers = [c for c in listing() if c.get("pool") == agent.pool]
         return {
             "name": agent.name,
             "dir": str(agent.dir),
@@ -240,18 +322,46 @@ class AgentManager:
             "limits": agent.limits.model_dump(),
             "restarts": agent.restarts,
             "started_at": agent.started_at,
-            "containers": containers,
+            "pool": agent.pool,
+            "containers": self.containers(agent),
             "tasks": handle.runner.snapshot() if handle is not None else None,
         }
 
     def listing(self) -> list[dict[str, Any]]:
         return [self.describe(self.agents[n]) for n in sorted(self.agents)]
 
-    async def logs(self, name: str, lines: int) -> list[str]:
+    async def logs(self, name: str, lines: int) -> dict[str, Any]:
+        """The last ``lines`` stderr lines of the agent's containers, as the runner keeps them;
+        ``note`` says why there are none when the runner cannot tell agents apart."""
         agent = self.get(name)
         tiles = self.daemon.tiles
         fetch = getattr(tiles.runner, "logs", None) if tiles is not None else None
-        if fetch is None:
-            return []
+        if tiles is None or fetch is None:
+            runner = tiles.spec.name if tiles is not None else "configured"
+            note = (
+                f"the {runner} tile runner keeps no per-agent logs; "
+                "the agent's stderr is in the daemon log"
+            )
+            return {"agent": name, "lines": [], "note": note}
         result = fetch(agent.pool, lines)
-        return list(await result if asyncio.iscoroutine(result) else result)
+        got = await result if asyncio.iscoroutine(result) else result
+        return {"agent": name, "lines": [str(line) for line in got][-lines:] if lines else []}
+
+
+def _code_digest(agent_dir: Path) -> str | None:
+    """A short digest of the agent's Python files (what its workers import), or None."""
+    digest = hashlib.sha256()
+    found = False
+    for root, dirs, files in os.walk(agent_dir):
+        # The queue may hold many thousands of records; it is never code.
+        dirs[:] = sorted(d for d in dirs if d not in (".ploinky", "__pycache__"))
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = Path(root, name)
+                digest.update(str(path.relative_to(agent_dir)).encode() + b"\0")
+                try:
+                    digest.update(path.read_bytes() + b"\0")
+                except OSError as exc:
+                    raise ConfigError(f"{path}: cannot read the agent's code: {exc}") from None
+                found = True
+    return digest.hexdigest()[:12] if found else None

@@ -58,6 +58,5 @@ async def restart_agent(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agents/{name}/logs")
 async def agent_logs(request: web.Request) -> web.Response:
-    lines = int(float_param(request, "lines", 200.0, 10000.0) or 200)
-    name = request.match_info["name"]
-    return web.json_response({"agent": name, "lines": await _agents(request).logs(name, lines)})
+    lines = int(float_param(request, "lines", 200.0, 10000.0) or 0)
+    return web.json_response(await _agents(request).logs(request.match_info["name"], lines))
