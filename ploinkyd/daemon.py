@@ -384,7 +384,15 @@ class Daemon:
     async def _supervise_agents(self) -> None:
         # Warm agents' containers at once, then keep them up; Docker calls are off the loop.
         await self.agents.supervise()
-        await self._every(lambda: SUPERVISE_INTERVAL_S, self.agents.supervise)
+        await self._every(lambda: SUPERVISE_INTERVAL_S, self._watch_agents)
+
+    async def _watch_agents(self) -> None:
+        """Pick up agent directories added, removed or edited without waiting for a reload."""
+        if await self.agents.changed():
+            log.info("agent directories changed; rescanning agents")
+            await self.agents.scan()
+            await self._apply_queues(self.config)
+        await self.agents.supervise()
 
     def _rescan_all(self) -> None:
         for h in self.queues.values():

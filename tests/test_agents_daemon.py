@@ -397,6 +397,21 @@ def test_agents_come_and_go_on_reload(
     assert env.succeeded("json-transform", "after") == expected["output"]
 
 
+def test_agent_directories_are_watched_without_a_reload(
+    agent_daemon: Callable[..., AgentDaemon],
+) -> None:
+    env = agent_daemon("process", agents=())
+    assert env.names() == []
+    env.add_example("csv-report")  # no SIGHUP: the daemon polls its agent paths
+    env.wait("csv-report picked up", lambda: "csv-report" in env.names(), 15)
+    task, expected = readme_blocks("csv-report")
+    env.wait("its queue", lambda: env.queue("csv-report").joinpath("tasks").is_dir())
+    env.drop("csv-report", "watched", task)
+    assert env.succeeded("csv-report", "watched") == expected["output"]
+    shutil.rmtree(env.agents / "csv-report")
+    env.wait("csv-report gone", lambda: env.names() == [], 15)
+
+
 def test_a_broken_edit_keeps_the_running_agent(agent_daemon: Callable[..., AgentDaemon]) -> None:
     env = agent_daemon("process", agents=("csv-report",))
     manifest = env.agents / "csv-report" / "agent.toml"

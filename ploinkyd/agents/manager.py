@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ploinkyd.agents.discovery import FoundAgent, default_paths, discover
+from ploinkyd.agents.manifest import MANIFEST_FILE
 from ploinkyd.config import QueueConfig
 from ploinkyd.errors import ConfigError, NotFoundError, PloinkyError
 from ploinkyd.tiles.model import Limits, OperatorSpec, Stage, TileCall
@@ -75,6 +76,7 @@ class AgentManager:
         self.agents: dict[str, AgentState] = {}
         self.problems: dict[str, str] = {}
         self._stopped: set[str] = set()  # stopped by a person: stays stopped across reloads
+        self._fingerprint: tuple[Any, ...] | None = None
 
     # ---- discovery ----------------------------------------------------------------------
 
@@ -84,8 +86,32 @@ class AgentManager:
             self.daemon.state_dir, cfg.daemon.dev_mode, Path.cwd(), cfg.agents.paths
         )
 
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What the agent paths look like: directories and their ``agent.toml`` mtimes.
+        Blocking (stats): call it in a thread."""
+        seen: list[tuple[str, int | None]] = []
+        for path in self.paths():
+            dirs = [path]
+            try:
+                with os.scandir(path) as entries:
+                    dirs += sorted(Path(e.path) for e in entries if e.is_dir())
+            except OSError:
+                pass
+            for d in dirs:
+                try:
+                    seen.append((str(d), (d / MANIFEST_FILE).stat().st_mtime_ns))
+                except OSError:
+                    seen.append((str(d), None))
+        return tuple(seen)
+
+    async def changed(self) -> bool:
+        """True when an agent directory or manifest appeared, went or was edited since the
+        last scan: the daemon watches its agent paths by polling this."""
+        return await asyncio.to_thread(self.fingerprint) != self._fingerprint
+
     async def scan(self) -> None:
         """Discover agents and update the registry (queues are applied by the daemon)."""
+        self._fingerprint = await asyncio.to_thread(self.fingerprint)
         found = await asyncio.to_thread(discover, self.paths())
         self.problems = {str(d): msg for d, msg in found.problems.items()}
         wanted: dict[str, AgentState] = {}
