@@ -437,14 +437,7 @@ def test_a_broken_edit_keeps_the_running_agent(agent_daemon: Callable[..., Agent
     "runner",
     [
         "docker",
-        pytest.param(
-            "process",
-            marks=pytest.mark.xfail(
-                reason="the process runner has no retire(pool): its idle workers keep the "
-                "modules they imported until idle_timeout",
-                strict=True,
-            ),
-        ),
+        "process",
     ],
 )
 def test_edited_code_is_served_after_reload(

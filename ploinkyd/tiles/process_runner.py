@@ -195,6 +195,42 @@ class ProcessRunner:
             ],
         }
 
+    def containers(self) -> list[dict[str, Any]]:
+        """Every worker process, shaped like the docker runner's containers."""
+        return [
+            {
+                "id": str(worker.pid),
+                "pool": key[-1],  # TileCall.pool is the last part of the pool key
+                "state": "running" if worker.running else "stopped",
+                "busy": worker not in pool.idle,
+                "image": "(local process)",
+            }
+            for key, pool in self._pools.items()
+            for worker in pool.workers
+        ]
+
+    def logs(self, pool: str, lines: int) -> list[str]:
+        """The last ``lines`` stderr lines of the workers of ``pool``, each with its pid."""
+        out = [
+            f"{worker.pid} {line}"
+            for key, p in self._pools.items()
+            if key[-1] == pool
+            for worker in p.workers
+            for line in worker.stderr_tail
+        ]
+        return out[-lines:]
+
+    async def retire(self, pool: str) -> int:
+        """Stop every worker of ``pool`` (an agent stopped, removed or changed): the next
+        call starts fresh ones that import the agent's current code."""
+        workers = [
+            w
+            for key in [k for k in self._pools if k[-1] == pool]
+            for w in self._pools.pop(key).workers
+        ]
+        await asyncio.gather(*(self._stop(w, graceful=True) for w in workers))
+        return len(workers)
+
     # -- calls -----------------------------------------------------------------------------
 
     async def call(self, call: TileCall) -> Any:
