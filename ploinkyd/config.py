@@ -576,22 +576,24 @@ def _validation_error(exc: ValidationError, nodes: dict[Key, str]) -> ConfigErro
         loc: Key = tuple(raw_loc[:-1]) if len(raw_loc) > 1 and raw_loc[-1] == "[key]" else raw_loc
         source = next((nodes[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in nodes), "")
         problems.append(
-            {"source": source or "default", "key": _dotted(loc), "message": _explain(err, loc)}
+            {"source": source or "default", "key": _dotted(loc), "message": explain_error(err, loc)}
         )
     lines = [f"{p['source']}: {p['key'] or '(top level)'}: {p['message']}" for p in problems]
     text = lines[0] if len(lines) == 1 else "invalid configuration:\n  " + "\n  ".join(lines)
     return ConfigError(text, details={"errors": problems})
 
 
-def _explain(err: Any, loc: Key) -> str:
+def explain_error(err: Any, loc: Key, root: type[BaseModel] | None = None) -> str:
+    """One pydantic error as a person reads it: what the key must be and what it got.
+    ``root`` is the model ``loc`` starts at (``Config`` unless given; agent.toml uses it)."""
     kind = err["type"]
     if kind == "extra_forbidden":
-        parent, _ = _type_at(loc[:-1])
+        parent, _ = _type_at(loc[:-1], root)
         allowed = list(parent.model_fields) if _is_model(parent) else []
         text = f"unknown key {loc[-1]!r} (allowed: {', '.join(allowed)})"
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         return text + (f"; did you mean {close[0]!r}?" if close else "")
-    ann, info = _type_at(loc)
+    ann, info = _type_at(loc, root)
     allowed_text = _allowed(ann, info)
     if kind == "missing":
         return "is required" + (f"; it must be {allowed_text}" if allowed_text else "")
@@ -627,9 +629,9 @@ def _unwrap(ann: Any) -> Any:
     return get_args(ann)[0] if get_origin(ann) is Annotated else ann
 
 
-def _type_at(loc: Key) -> tuple[Any, FieldInfo | None]:
+def _type_at(loc: Key, root: type[BaseModel] | None = None) -> tuple[Any, FieldInfo | None]:
     """The annotation (and field, when loc ends at one) that the key path ``loc`` points at."""
-    ann: Any = Config
+    ann: Any = root or Config
     info: FieldInfo | None = None
     for part in loc:
         ann = _unwrap(ann)

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,18 @@ def throughput(daemon: DaemonProc, n: int) -> dict[str, Any]:
     return {"tasks": n, "seconds": round(elapsed, 3), "tasks_per_s": round(n / elapsed, 1)}
 
 
-def latency(daemon: DaemonProc, rate: float, seconds: float) -> dict[str, Any]:
+def _echo(i: int) -> bytes:
+    return b'{"kind": "echo", "input": "x"}'
+
+
+def latency(
+    daemon: DaemonProc, rate: float, seconds: float, body: Callable[[int], bytes] = _echo
+) -> dict[str, Any]:
+    """Drop ``body(i)`` tasks at ``rate`` per second; latency from rename to record."""
     q = daemon.queue()
     clock = RecordClock(q / "results")
     dropped: dict[str, float] = {}
     n = int(rate * seconds)
-    body = json.dumps({"kind": "echo", "input": "x"}).encode()
     start = time.perf_counter()
     for i in range(n):
         due = start + i / rate
@@ -146,7 +153,7 @@ def latency(daemon: DaemonProc, rate: float, seconds: float) -> dict[str, Any]:
             time.sleep(delay)
         tid = f"l{i}"
         tmp = q / "tmp" / f"{tid}.json"
-        tmp.write_bytes(body)
+        tmp.write_bytes(body(i))
         dropped[tid] = time.time()
         os.rename(tmp, q / "tasks" / f"{tid}.json")
     deadline = time.time() + 30

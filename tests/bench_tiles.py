@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.bench_throughput import RecordClock, count, rss_kib
+from tests.bench_throughput import count, latency, rss_kib
 from tests.daemon_harness import DaemonProc, new_daemon
 
 
@@ -56,36 +56,6 @@ def e2e(daemon: DaemonProc, n: int) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "tasks_per_s": round(n / elapsed, 1),
         "failed": failed,
-    }
-
-
-def latency(daemon: DaemonProc, rate: float, seconds: float) -> dict[str, Any]:
-    q = daemon.queue()
-    clock = RecordClock(q / "results")
-    dropped: dict[str, float] = {}
-    n = int(rate * seconds)
-    start = time.perf_counter()
-    for i in range(n):
-        due = start + i / rate
-        while (delay := due - time.perf_counter()) > 0:
-            time.sleep(delay)
-        tid = f"l{i}"
-        tmp = q / "tmp" / f"{tid}.json"
-        tmp.write_bytes(_tile(1_000_000 + i))  # new data: no cache hits
-        dropped[tid] = time.time()
-        os.rename(tmp, q / "tasks" / f"{tid}.json")
-    deadline = time.time() + 60
-    while len(clock.seen) < n and time.time() < deadline:
-        time.sleep(0.05)
-    clock.stop()
-    lat = sorted((clock.seen[t] - dropped[t]) * 1000 for t in dropped if t in clock.seen)
-    pct = statistics.quantiles(lat, n=100, method="inclusive")
-    return {
-        "offered_per_s": rate,
-        "tasks": n,
-        "recorded": len(lat),
-        "p50_ms": round(pct[49], 2),
-        "p99_ms": round(pct[98], 2),
     }
 
 
@@ -221,7 +191,8 @@ def main() -> None:
         assert d.proc is not None
         result["rss_idle_mib"] = round(rss_kib(d.proc.pid) / 1024, 1)
         result["e2e"] = e2e(d, args.tasks)
-        result["latency"] = latency(d, args.rate, args.seconds)
+        # New data for every task: no cache hits.
+        result["latency"] = latency(d, args.rate, args.seconds, body=lambda i: _tile(1_000_000 + i))
         result["contention"] = contention(d, args.producers)
         result["tiles_status"] = {
             k: v for k, v in d.client().get("/v1/tiles").items() if k in ("calls", "cache")

@@ -18,14 +18,13 @@ in the same words as the daemon's own configuration errors.
 
 from __future__ import annotations
 
-import difflib
 import keyword
 import os
 import posixpath
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -38,21 +37,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 
 from ploinkyd.config import (
     Duration,
     LimitsConfig,
     QueueConfig,
     QueueSettings,
-    _allowed,
     _dotted,
     _error,
-    _is_duration,
-    _is_model,
     _read_file,
-    _show,
-    _unwrap,
+    explain_error,
 )
 from ploinkyd.errors import ConfigError
 from ploinkyd.tile_runtime import OpError
@@ -448,44 +442,5 @@ def _validation_error(exc: ValidationError, source: str) -> ConfigError:
     problems = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
-        problems.append((_dotted(loc) or "(top level)", _explain(err, loc)))
+        problems.append((_dotted(loc) or "(top level)", explain_error(err, loc, AgentManifest)))
     return _problems_error(source, problems)
-
-
-# The explanations below follow ploinkyd.config._explain, rooted at AgentManifest instead of
-# Config, so a bad agent.toml reads like a bad config.toml.
-
-
-def _explain(err: Any, loc: tuple[str | int, ...]) -> str:
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        parent, _ = _type_at(loc[:-1])
-        allowed = list(parent.model_fields) if _is_model(parent) else []
-        text = f"unknown key {loc[-1]!r} (allowed: {', '.join(allowed)})"
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        return text + (f"; did you mean {close[0]!r}?" if close else "")
-    ann, info = _type_at(loc)
-    allowed_text = _allowed(ann, info)
-    if kind == "missing":
-        return "is required" + (f"; it must be {allowed_text}" if allowed_text else "")
-    cause = err.get("ctx", {}).get("error")
-    if kind == "value_error" and cause is not None and not _is_duration(info):
-        return str(cause)
-    if allowed_text is None:
-        return f"{err['msg']}, got {_show(err.get('input'))}"
-    return f"must be {allowed_text}, got {_show(err.get('input'))}"
-
-
-def _type_at(loc: tuple[str | int, ...]) -> tuple[Any, FieldInfo | None]:
-    ann: Any = AgentManifest
-    info: FieldInfo | None = None
-    for part in loc:
-        ann = _unwrap(ann)
-        if _is_model(ann) and isinstance(part, str) and part in ann.model_fields:
-            info = ann.model_fields[part]
-            ann = info.annotation
-        elif isinstance(part, int) and get_origin(ann) is list:
-            ann, info = get_args(ann)[0], None
-        else:
-            return None, None
-    return ann, info
