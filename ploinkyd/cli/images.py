@@ -12,7 +12,6 @@ from typing import Any
 
 from ploinkyd.cli import output
 from ploinkyd.errors import DaemonUnavailable
-from ploinkyd.tiles.docker_engine import EngineUnavailable
 
 EXAMPLES = """\
 examples:
@@ -57,7 +56,7 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
     ls.set_defaults(func=cmd_images_list)
 
 
-def _engine_error(exc: EngineUnavailable) -> DaemonUnavailable:
+def _engine_error(exc: Exception) -> DaemonUnavailable:
     # Same exit code as an unreachable daemon (69, EX_UNAVAILABLE): a service is down.
     return DaemonUnavailable(str(exc), code="ENGINE_UNAVAILABLE")
 
@@ -67,7 +66,9 @@ def _progress(msg: str) -> None:
 
 
 def cmd_images_build(args: argparse.Namespace) -> int:
+    # Imported here: the docker SDK slows every other command's start.
     from ploinkyd.tiles import images
+    from ploinkyd.tiles.docker_engine import EngineUnavailable
 
     try:
         results = images.build(names=args.only, force=args.force, progress=_progress)
@@ -94,7 +95,9 @@ def cmd_images_build(args: argparse.Namespace) -> int:
 
 
 def cmd_images_list(args: argparse.Namespace) -> int:
+    # Imported here: the docker SDK slows every other command's start.
     from ploinkyd.tiles import images
+    from ploinkyd.tiles.docker_engine import EngineUnavailable
 
     try:
         infos = images.inspect()

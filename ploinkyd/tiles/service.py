@@ -20,7 +20,6 @@ from prometheus_client.metrics_core import Metric
 from ploinkyd.config import Config
 from ploinkyd.errors import ConfigError, TaskDeferred, TaskError
 from ploinkyd.kinds import TaskContext
-from ploinkyd.tiles import images
 from ploinkyd.tiles.cache import TileCache
 from ploinkyd.tiles.compiler import Group, Plan, compile_graph
 from ploinkyd.tiles.execute import execute_plan
@@ -289,6 +288,9 @@ class TileService:
         cached = self._image_ids.get(image)
         if cached is not None and now - cached[0] < _IMAGE_ID_TTL_S:
             return cached[1]
+        # Imported here: it pulls in the docker SDK, which a process-runner daemon never needs.
+        from ploinkyd.tiles import images
+
         probe = getattr(self.runner, "image_id", None)
         ident = images.resolve(image)
         if probe is not None:
