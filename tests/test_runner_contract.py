@@ -74,9 +74,8 @@ def _build(name: str, config: TilesConfig, state_dir: Path) -> tuple[TileRunner,
     if name == "docker":
         # Written alongside this suite; imported lazily so the process runner's cases run
         # wherever Docker is missing.
-        from tests.docker_env import python_image
-
         from ploinkyd.tiles.docker_runner import DockerRunner
+        from tests.docker_env import python_image
 
         image = python_image()
         return DockerRunner(config.model_copy(update={"image": image}), state_dir), image
