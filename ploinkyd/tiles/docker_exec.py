@@ -25,7 +25,7 @@ import docker
 from ploinkyd.errors import TaskFailed
 from ploinkyd.tiles import docker_containers as dc
 from ploinkyd.tiles.attach import OutputTooLarge, open_attached
-from ploinkyd.tiles.docker_pool import Worker
+from ploinkyd.tiles.docker_pool import Worker, output_too_large
 from ploinkyd.tiles.model import TileCall
 
 EXEC_POOL = "exec"
@@ -113,13 +113,7 @@ async def run_once(
             out = await worker.stream.read_all(stdin)
         except OutputTooLarge as exc:
             why = "output too large"
-            raise TaskFailed(
-                f"the command's output passed max_output_bytes ({exc.limit} bytes); "
-                "its container was killed",
-                code="OUTPUT_TOO_LARGE",
-                retryable=False,
-                details={"limit": exc.limit, "container": worker.short_id},
-            ) from None
+            raise output_too_large("the command's output", exc.limit, worker) from None
         try:
             info = await asyncio.to_thread(dc.exit_info, api, cid)
         except Exception as exc:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ploinkyd.errors import TaskFailed
 from ploinkyd.tiles.attach import AttachProtocol
 from ploinkyd.tiles.model import TileCall
 
@@ -228,3 +229,13 @@ class Pool:
             "states": dict(states),
             "calls": sum(w.calls for w in self.workers),
         }
+
+
+def output_too_large(what: str, limit: int, worker: Worker) -> TaskFailed:
+    """The error of a call whose answer passed ``max_output_bytes`` (its container is gone)."""
+    return TaskFailed(
+        f"{what} passed max_output_bytes ({limit} bytes); its container was killed",
+        code="OUTPUT_TOO_LARGE",
+        retryable=False,
+        details={"limit": limit, "container": worker.short_id},
+    )

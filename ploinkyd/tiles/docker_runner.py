@@ -44,7 +44,7 @@ from ploinkyd.tiles.docker_engine import (
     release_sockets,
 )
 from ploinkyd.tiles.docker_exec import EXEC_POOL, run_once
-from ploinkyd.tiles.docker_pool import Pool, Worker, pool_hash
+from ploinkyd.tiles.docker_pool import Pool, Worker, output_too_large, pool_hash
 from ploinkyd.tiles.model import TileCall
 
 log = logging.getLogger("ploinkyd.tiles")
@@ -240,28 +240,24 @@ class DockerRunner:
         try:
             raw = await worker.stream.request(line, call.max_output_bytes)
         except asyncio.CancelledError:
-            pool.drop(worker, "call cancelled")
-            self._refill(pool)
+            self._replace(pool, worker, "call cancelled")
             raise
         except OutputTooLarge as exc:
-            pool.drop(worker, "output too large")
-            self._refill(pool)
-            raise TaskFailed(
-                f"the tile's response passed max_output_bytes ({exc.limit} bytes); "
-                "its container was killed",
-                code="OUTPUT_TOO_LARGE",
-                retryable=False,
-                details={"limit": exc.limit, "container": worker.short_id},
-            ) from None
+            self._replace(pool, worker, "output too large")
+            raise output_too_large("the tile's response", exc.limit, worker) from None
         except StreamClosed:
             try:
                 failure = await self._diagnose(api, worker)
             finally:  # even when cancelled while diagnosing: the slot must come back
-                pool.drop(worker, "exited mid-call")
-                self._refill(pool)
+                self._replace(pool, worker, "exited mid-call")
             raise failure from None
         worker.calls += 1
         return self._decode(raw, rid, worker, pool)
+
+    def _replace(self, pool: Pool, worker: Worker, why: str) -> None:
+        """Drop a worker whose state is unknown (or dead) and start its successor."""
+        pool.drop(worker, why)
+        self._refill(pool)
 
     def _decode(self, raw: bytes, rid: str, worker: Worker, pool: Pool) -> Any:
         try:
@@ -270,8 +266,7 @@ class DockerRunner:
             if msg.get("id") != rid:
                 raise ValueError(f"answer for {msg.get('id')!r}, expected {rid!r}")
         except (ValueError, KeyError, TypeError) as exc:
-            pool.drop(worker, "protocol error")
-            self._refill(pool)
+            self._replace(pool, worker, "protocol error")
             raise TaskFailed(
                 f"the tile runtime broke the protocol ({exc}); its container was replaced",
                 code="PROTOCOL_ERROR",
@@ -285,8 +280,7 @@ class DockerRunner:
         details = dict(err.get("details") or {})
         details.setdefault("container", worker.short_id)
         if code == "OUT_OF_MEMORY":
-            pool.drop(worker, "out of memory")
-            self._refill(pool)
+            self._replace(pool, worker, "out of memory")
             raise TaskFailed(
                 f"the tile ran out of memory ({err.get('message', '')}); "
                 "raise limits.memory_mb or give it less data",
