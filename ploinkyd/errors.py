@@ -12,6 +12,9 @@ exit codes), a ``message`` a person can act on, and JSON-able ``details``::
     ├── TaskFailed           a task kind's run failed; ``retryable`` decides on a retry
     │   └── TaskDeferred         a dependency is down: requeue without spending an attempt
     ├── PluginError          a plugin failed to load or a hook raised (quarantined)
+    ├── StorageError         a backup storage backend failed; ``transient`` decides on a retry
+    │   └── ObjectNotFound       the named object does not exist (never retried)
+    ├── RepositoryDamaged    a backup repository object fails its checks (bytes changed)
     ├── DaemonUnavailable    the CLI cannot reach the control socket       (exit 69)
     └── InternalError        a bug in ploinkyd itself
 """
@@ -116,6 +119,42 @@ class TaskDeferred(TaskFailed):
 
 class PluginError(PloinkyError):
     code = "PLUGIN_FAILED"
+
+
+class StorageError(PloinkyError):
+    """A storage backend failed. ``transient=True`` (a reset connection, a 5xx, a timeout) is
+    retried with backoff by :class:`ploinkyd.backup.storage.RetryingBackend`; ``False`` (bad
+    credentials, a missing bucket, a full disk) fails the operation at once, and the message
+    names the setting to fix."""
+
+    code = "STORAGE_FAILED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.transient = transient
+
+
+class ObjectNotFound(StorageError):
+    """The object does not exist in the backend; an answer, not a failure, so never retried."""
+
+    code = "OBJECT_NOT_FOUND"
+    http_status = 404
+    exit_code = 4
+
+
+class RepositoryDamaged(PloinkyError):
+    """A repository object does not decrypt or does not match its id: it was changed after it
+    was written. ``details`` names the object and, where known, the files it affects."""
+
+    code = "REPOSITORY_DAMAGED"
+    exit_code = 3
 
 
 class DaemonUnavailable(PloinkyError):
