@@ -33,6 +33,10 @@ READ_BLOCK = 4 * 1024 * 1024
 # Files are read whole below this size (FastCDC would emit one chunk anyway) to skip the
 # chunker's per-file set-up.
 SMALL_FILE = 256 * 1024
+# Below this size a file is stored on the walking thread: handing it to a pool costs more than
+# reading it.
+INLINE_FILE = 32 * 1024
+READERS = 2
 
 
 @dataclass
@@ -115,7 +119,11 @@ class Archiver:
         self._excludes = list(req.excludes)
         writer = BlobWriter(self.repo, req.compression or self.repo.config.compression)
         workers = req.workers or max(2, os.cpu_count() or 2)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
+        # Readers chunk files; blob workers hash, compress and encrypt the chunks, so one big
+        # file keeps every core busy. The semaphore bounds chunks held in memory.
+        self._pool = ThreadPoolExecutor(READERS, thread_name_prefix="backup-read")
+        self._blob_pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-blob")
+        self._in_flight = threading.BoundedSemaphore(workers * 3)
         self._writer = writer
         scanner = threading.Thread(target=self._scan, args=(paths,), daemon=True)
         scanner.start()
@@ -125,6 +133,7 @@ class Archiver:
             packs = writer.flush()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._blob_pool.shutdown(wait=True, cancel_futures=True)
             writer.close()
         # Adopted packs are listed again so one index covers them; the old orphans stay
         # referenced even if this snapshot is forgotten later.
@@ -275,7 +284,14 @@ class Archiver:
         key = (st.st_dev, st.st_ino)
         fut = self._hardlinks.get(key) if st.st_nlink > 1 else None
         if fut is None:
-            fut = self._pool.submit(self._read_file, path, st.st_size)
+            if st.st_size < INLINE_FILE:
+                fut = Future()
+                try:
+                    fut.set_result(self._read_file(path, st.st_size))
+                except OSError as exc:
+                    fut.set_exception(exc)
+            else:
+                fut = self._pool.submit(self._read_file, path, st.st_size)
             if st.st_nlink > 1:
                 self._hardlinks[key] = fut
         state.pending.append((node, fut))
@@ -325,13 +341,22 @@ class Archiver:
                 ids.append(self._store(data))
                 read = len(data)
             else:
+                futures = []
                 for chunk in self._chunker().cut_stream(f):
-                    ids.append(self._store(bytes(chunk.data)))
+                    self._in_flight.acquire()
+                    futures.append(self._blob_pool.submit(self._store_chunk, bytes(chunk.data)))
                     read += chunk.length
+                ids = [fut.result() for fut in futures]
         with self._lock:
             self.summary.bytes_read += read
         self._done(read)
         return ids, read
+
+    def _store_chunk(self, data: bytes) -> str:
+        try:
+            return self._store(data)
+        finally:
+            self._in_flight.release()
 
     def _store(self, data: bytes) -> str:
         bid, added = self._writer.add(DATA, data)

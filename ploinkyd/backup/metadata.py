@@ -64,7 +64,9 @@ def node_from_stat(name: str, path: str, st: os.stat_result) -> Node:
     """A node with every attribute but content/subtree (the archiver fills those)."""
     mode = st.st_mode
     kind = "dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "file"
-    node = Node(
+    # model_construct: every value comes straight from stat(), validation would only cost time
+    # (it is the hot path for directories of small files).
+    node = Node.model_construct(
         name=name,
         type=kind,
         mode=stat.S_IMODE(mode),

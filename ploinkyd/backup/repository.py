@@ -374,8 +374,14 @@ class Repository:
 
     @staticmethod
     def encode_tree(nodes: list[Node]) -> bytes:
+        # Equivalent to model_dump(exclude_defaults=True), at a fraction of its cost per node.
         return json.dumps(
-            {"nodes": [n.model_dump(exclude_defaults=True) for n in nodes]},
+            {
+                "nodes": [
+                    {k: v for k, v in n.__dict__.items() if v != _NODE_DEFAULTS.get(k, _REQUIRED)}
+                    for n in nodes
+                ]
+            },
             separators=(",", ":"),
         ).encode()
 
@@ -433,6 +439,12 @@ class Repository:
 
     def delete_snapshot(self, sid: str) -> None:
         self.backend.delete(SNAPSHOTS + sid)
+
+
+_REQUIRED = object()
+_NODE_DEFAULTS = {
+    name: field.default for name, field in Node.model_fields.items() if not field.is_required()
+}
 
 
 def _check_password(password: str) -> None:

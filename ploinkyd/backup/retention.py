@@ -73,7 +73,7 @@ EMPTY_POLICY_MESSAGE = (
     "no policy given: refusing to forget every snapshot; pass at least one --keep-* option"
 )
 
-_WITHIN_PART = re.compile(r"(\d+)([a-zA-Z]?)", re.ASCII)
+_WITHIN_PART = re.compile(r"(\d+)([^0-9]?)", re.ASCII)
 _WITHIN_UNITS = {"y": "years", "m": "months", "d": "days", "h": "hours"}
 
 
