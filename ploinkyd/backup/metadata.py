@@ -15,6 +15,7 @@ import os
 import pwd
 import stat
 from functools import lru_cache
+from typing import Literal
 
 from ploinkyd.backup.format import Node
 
@@ -63,7 +64,9 @@ def read_xattrs(path: str) -> dict[str, str] | None:
 def node_from_stat(name: str, path: str, st: os.stat_result) -> Node:
     """A node with every attribute but content/subtree (the archiver fills those)."""
     mode = st.st_mode
-    kind = "dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "file"
+    kind: Literal["file", "dir", "symlink"] = (
+        "dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "file"
+    )
     # model_construct: every value comes straight from stat(), validation would only cost time
     # (it is the hot path for directories of small files).
     node = Node.model_construct(
