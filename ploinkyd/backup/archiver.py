@@ -36,6 +36,7 @@ SMALL_FILE = 256 * 1024
 # Below this size a file is stored on the walking thread: handing it to a pool costs more than
 # reading it.
 INLINE_FILE = 32 * 1024
+STREAM_FILE = 8 * 1024 * 1024
 READERS = 2
 
 
@@ -123,7 +124,7 @@ class Archiver:
         # file keeps every core busy. The semaphore bounds chunks held in memory.
         self._pool = ThreadPoolExecutor(READERS, thread_name_prefix="backup-read")
         self._blob_pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-blob")
-        self._in_flight = threading.BoundedSemaphore(workers * 3)
+        self._in_flight = threading.BoundedSemaphore(workers * 2)
         self._writer = writer
         scanner = threading.Thread(target=self._scan, args=(paths,), daemon=True)
         scanner.start()
@@ -341,10 +342,19 @@ class Archiver:
                 ids.append(self._store(data))
                 read = len(data)
             else:
+                # Files up to STREAM_FILE are read whole and cut in place (chunks are views,
+                # never copied); bigger ones stream through the chunker's own buffer.
+                data = f.read() if size_hint <= STREAM_FILE else None
+                chunks = (
+                    self._chunker().cut_buf(data)
+                    if data is not None
+                    else self._chunker().cut_stream(f)
+                )
                 futures = []
-                for chunk in self._chunker().cut_stream(f):
+                for chunk in chunks:
+                    piece = chunk.data if data is not None else bytes(chunk.data)
                     self._in_flight.acquire()
-                    futures.append(self._blob_pool.submit(self._store_chunk, bytes(chunk.data)))
+                    futures.append(self._blob_pool.submit(self._store_chunk, piece))
                     read += chunk.length
                 ids = [fut.result() for fut in futures]
         with self._lock:
@@ -352,13 +362,13 @@ class Archiver:
         self._done(read)
         return ids, read
 
-    def _store_chunk(self, data: bytes) -> str:
+    def _store_chunk(self, data: bytes | memoryview) -> str:
         try:
             return self._store(data)
         finally:
             self._in_flight.release()
 
-    def _store(self, data: bytes) -> str:
+    def _store(self, data: bytes | memoryview) -> str:
         bid, added = self._writer.add(DATA, data)
         if added:
             self.progress.bytes_added += len(data)

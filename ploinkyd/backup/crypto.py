@@ -123,14 +123,15 @@ class Keyring:
     def seal(self, plaintext: bytes | memoryview, aad: bytes, kid: bytes | None = None) -> bytes:
         """nonce || AES-256-GCM(plaintext) || tag under ``kid`` (default: the current key)."""
         nonce = os.urandom(NONCE)
-        return nonce + self.cipher(kid or self.current).encrypt(nonce, bytes(plaintext), aad)
+        return nonce + self.cipher(kid or self.current).encrypt(nonce, plaintext, aad)
 
     def open(self, sealed: bytes | memoryview, aad: bytes, kid: bytes, what: str) -> bytes:
         view = memoryview(sealed)
         if len(view) < OVERHEAD:
             raise RepositoryDamaged(f"{what} is truncated", details={"object": what})
         try:
-            return self.cipher(kid).decrypt(bytes(view[:NONCE]), bytes(view[NONCE:]), aad)
+            # Slices of a memoryview: no copy of a multi-megabyte blob before decrypting it.
+            return self.cipher(kid).decrypt(view[:NONCE], view[NONCE:], aad)
         except InvalidTag:
             raise RepositoryDamaged(
                 f"{what} fails authentication: its bytes changed after it was written",

@@ -334,7 +334,9 @@ class Repository:
         sealed = self.backend.get(pack_name(loc.pack), loc.offset, loc.length)
         return self.decode_blob(btype, bid, loc, sealed)
 
-    def decode_blob(self, btype: int, bid: bytes, loc: BlobLocation, sealed: bytes) -> bytes:
+    def decode_blob(
+        self, btype: int, bid: bytes, loc: BlobLocation, sealed: bytes | memoryview
+    ) -> bytes:
         """Decrypt, decompress and check one blob against its id."""
         what = f"blob {bid.hex()[:16]} in pack {loc.pack[:16]}"
         if len(sealed) != loc.length:
@@ -363,9 +365,11 @@ class Repository:
                 return tree
         raw = self.load_blob(TREE, bid)
         try:
-            tree = Tree.model_validate_json(raw)
-        except ValidationError as exc:
-            raise RepositoryDamaged(f"tree {bid.hex()} is not valid: {exc.errors()[0]}") from None
+            # json.loads, not model_validate_json: names that are not UTF-8 travel as lone
+            # surrogates (``\udcXX``), which pydantic's JSON parser rejects.
+            tree = Tree.model_validate(json.loads(raw))
+        except (ValueError, ValidationError) as exc:
+            raise RepositoryDamaged(f"tree {bid.hex()} is not valid: {_first_error(exc)}") from None
         with self._tree_lock:
             self._trees[bid] = tree
             while len(self._trees) > TREE_CACHE:
@@ -388,7 +392,7 @@ class Repository:
     # -- snapshots ---------------------------------------------------------------------------
 
     def save_snapshot(self, snap: Snapshot) -> str:
-        body = snap.model_dump_json().encode()
+        body = _snapshot_body(snap)
         # The id is keyed on the plaintext, so re-encrypting (prune --rewrite) keeps it.
         sid = hmac.digest(self.keyring.id_key, b"snapshot" + body, hashlib.sha256).hex()
         self.backend.put(SNAPSHOTS + sid, crypto.seal_object(self.keyring, "snapshot", body))
@@ -396,16 +400,18 @@ class Repository:
 
     def rewrite_snapshot(self, sid: str, snap: Snapshot) -> None:
         """Re-seal a snapshot under the current key, keeping its name."""
-        body = snap.model_dump_json().encode()
+        body = _snapshot_body(snap)
         self.backend.put(SNAPSHOTS + sid, crypto.seal_object(self.keyring, "snapshot", body))
 
     def read_snapshot(self, sid: str) -> Snapshot:
         name = SNAPSHOTS + sid
         data = crypto.open_object(self.keyring, "snapshot", self.backend.get(name), name)
         try:
-            return Snapshot.model_validate_json(data)
-        except ValidationError as exc:
-            raise RepositoryDamaged(f"{name} is not a valid snapshot: {exc.errors()[0]}") from None
+            return Snapshot.model_validate(json.loads(data))
+        except (ValueError, ValidationError) as exc:
+            raise RepositoryDamaged(
+                f"{name} is not a valid snapshot: {_first_error(exc)}"
+            ) from None
 
     def snapshots(self) -> list[tuple[str, Snapshot]]:
         """Every snapshot, oldest first."""
@@ -445,6 +451,16 @@ _REQUIRED = object()
 _NODE_DEFAULTS = {
     name: field.default for name, field in Node.model_fields.items() if not field.is_required()
 }
+
+
+def _snapshot_body(snap: Snapshot) -> bytes:
+    # json.dumps, not model_dump_json: paths and warnings may hold file names that are not
+    # UTF-8 (lone surrogates), which pydantic refuses to serialise; json escapes them.
+    return json.dumps(snap.model_dump(), separators=(",", ":")).encode()
+
+
+def _first_error(exc: ValueError) -> object:
+    return exc.errors()[0] if isinstance(exc, ValidationError) else exc
 
 
 def _check_password(password: str) -> None:

@@ -26,6 +26,7 @@ from ploinkyd.backup import metadata
 from ploinkyd.backup.format import DATA, Node, pack_name
 from ploinkyd.backup.index import BlobLocation
 from ploinkyd.backup.repository import Repository
+from ploinkyd.backup.writer import limit_malloc_arenas
 from ploinkyd.errors import RepositoryDamaged, UserError
 
 MAX_SPAN_GAP = 4 * 1024 * 1024
@@ -121,6 +122,7 @@ class Restorer:
             self._warn_cb(message)
 
     def restore(self, tree_id: str, target: str, include: list[str] | None = None) -> RestoreResult:
+        limit_malloc_arenas()
         target = os.path.abspath(target)
         os.makedirs(target, exist_ok=True)
         includes = [p.strip("/") for p in include or [] if p.strip("/")]
@@ -280,7 +282,7 @@ class Restorer:
                 continue
             view = memoryview(data)
             for key, loc in span:
-                sealed = bytes(view[loc.offset - start : loc.offset - start + loc.length])
+                sealed = view[loc.offset - start : loc.offset - start + loc.length]
                 try:
                     plain = self.repo.decode_blob(DATA, key[1:], loc, sealed)
                 except RepositoryDamaged as exc:

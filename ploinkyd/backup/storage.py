@@ -53,11 +53,12 @@ class Backend(Protocol):
 
     url: str
 
-    def put(self, name: str, data: bytes) -> None:
-        """Store ``data`` under ``name`` atomically: a reader (even after a crash) sees either
-        no object or all of ``data``, never a prefix. When ``put`` returns, the object is
-        durable. Putting a name that exists replaces it (callers only do that with identical
-        bytes, since names are content hashes)."""
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` (any bytes-like object; do not keep a reference to it) under
+        ``name`` atomically: a reader (even after a crash) sees either no object or all of
+        ``data``, never a prefix. When ``put`` returns, the object is durable. Putting a name
+        that exists replaces it atomically: readers see the old or the new object, never a
+        mix (prune re-seals a snapshot under a new key in place)."""
         ...
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -133,7 +134,7 @@ class RetryingBackend:
                 self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
         self._retry(f"put {name}", lambda: self.inner.put(name, data))
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -195,7 +195,7 @@ class FileBackend:
             # could drop the directory, and the object about to be renamed into it, too.
             _fsync_dir(directory.parent)
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(name)
         tmp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:

@@ -141,7 +141,7 @@ class MemoryBackend:
             f"object {name} not found in {self.url}", details={"name": name, "url": self.url}
         )
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
         check_name(name)
         fault = self.faults._take("put")
         if fault is not None and not fault.after:

@@ -22,6 +22,7 @@ from ploinkyd.backup.format import DATA, INDEX, TREE, IndexPack, pack_name
 from ploinkyd.backup.index import BlobLocation
 from ploinkyd.backup.pack import split_pack
 from ploinkyd.backup.repository import Repository
+from ploinkyd.backup.writer import limit_malloc_arenas
 from ploinkyd.errors import PloinkyError, UserError
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
@@ -118,6 +119,7 @@ class Verifier:
             self.report.errors.append({"kind": kind, "object": obj, "message": message})
 
     def run(self, *, read_data: bool = False, subset: str | None = None) -> VerifyReport:
+        limit_malloc_arenas()
         repo = self.repo
         indexed = self._load_indexes()
         stored = {o.name.rsplit("/", 1)[-1]: o.size for o in repo.backend.list("data/")}
@@ -220,10 +222,11 @@ class Verifier:
         found = {(e.type, e.id, e.offset, e.length, e.raw_length) for e in entries}
         if listed != found:
             self._error("pack", pack_id, "header does not match the index")
+        view = memoryview(data)
         for e in entries:
             loc = BlobLocation(pack_id, key_id, e.offset, e.length, e.raw_length)
             try:
-                self.repo.decode_blob(e.type, e.id, loc, data[e.offset : e.offset + e.length])
+                self.repo.decode_blob(e.type, e.id, loc, view[e.offset : e.offset + e.length])
             except PloinkyError as exc:
                 self._error("blob", e.id.hex(), exc.message)
                 with self._lock:
