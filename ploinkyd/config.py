@@ -34,12 +34,18 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ploinkyd.errors import ConfigError, NotFoundError
+from ploinkyd.backup.retention import RetentionPolicy
+from ploinkyd.backup.schedule import CronSchedule
+from ploinkyd.errors import ConfigError, NotFoundError, UserError
 
 MIB = 1024 * 1024
 DAY = 86400.0
 QUEUE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+# Backup job and repository names end up in task ids (schedule.slot_id) and metric labels.
+BACKUP_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+BUILTIN_STRATEGIES = ("full", "incremental", "differential", "snapshot")
 SYSTEM_CONFIG_FILE = Path("/etc/ploinky/config.toml")
 
 # PLOINKY_* variables that belong to other parts of ploinkyd, not to the config tree; every
@@ -50,6 +56,7 @@ _OTHERS = (
     "PASSWORD_FILE",
     "PASSWORD_COMMAND",
     "REPOSITORY",
+    "BACKUP_KDF_LOG_N",  # ploinkyd backup's scrypt cost knob (cli/backup_repo.py)
     "TOKEN",
     "DEBIAN_MIRROR",  # images build
     "DOCKER_WAIT_S",  # scripts/docker-engine.sh
@@ -68,6 +75,7 @@ ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)", re.ASCII)
 _QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN, re.ASCII)
+_BACKUP_NAME = re.compile(BACKUP_NAME_PATTERN, re.ASCII)
 _HOST_PORT = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]]+)):(\d{1,5})", re.ASCII)
 _DURATION_HINT = "(seconds, or a string like '90s', '5m', '2h', '7d', '1w')"
 _BOUNDS = {"gt": "greater than", "ge": "of at least", "le": "of at most", "lt": "less than"}
@@ -116,10 +124,20 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+def _check_backup_name(name: str) -> str:
+    if not _BACKUP_NAME.fullmatch(name):
+        raise ValueError(
+            f"name {name!r} is not allowed: it must match {BACKUP_NAME_PATTERN} "
+            "(start with a letter or digit; letters, digits, '.', '_', '-'; at most 64)"
+        )
+    return name
+
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 UserPath = Annotated[Path, AfterValidator(_expand_user)]
 QueueName = Annotated[str, AfterValidator(_check_queue_name)]
+BackupName = Annotated[str, AfterValidator(_check_backup_name)]
 
 
 class _Section(BaseModel):
@@ -285,6 +303,152 @@ class AgentsConfig(_Section):
     restart_backoff_max: Duration = Field(60.0, gt=0)
 
 
+class RepositorySettings(_Section):
+    """``[backup.repositories.NAME]``: a repository the daemon's backup tasks may use."""
+
+    url: str = Field(min_length=1)
+    # Neither set: PLOINKY_PASSWORD_FILE, PLOINKY_PASSWORD_COMMAND or PLOINKY_PASSWORD in the
+    # daemon's environment, as for `ploinkyd backup`.
+    password_file: UserPath | None = None
+    password_command: str | None = Field(None, min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to the storage backend
+    lock_wait: Duration = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> RepositorySettings:
+        if self.password_file is not None and self.password_command is not None:
+            raise ValueError(
+                "set password_file or password_command, not both: the daemon would use only "
+                "the file"
+            )
+        return self
+
+
+class BackupJob(_Section):
+    """``[[backup.jobs]]``: one backup job; run by a ``backup`` task naming it."""
+
+    name: BackupName
+    paths: list[str]
+    excludes: list[str] = Field(default_factory=list)
+    repository: str = Field(min_length=1)
+    strategy: str = Field("incremental", min_length=1)
+    schedule: str | None = None
+    retention: RetentionPolicy | None = None
+    prune: bool = False
+    tags: list[str] = Field(default_factory=list)
+    compression: str | None = None
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one path to back up")
+        out = []
+        for raw in value:
+            path = os.path.expanduser(raw)
+            if not os.path.isabs(path):
+                # The daemon's working directory is nobody's idea of "here".
+                raise ValueError(f"paths must be absolute (or start with ~), got {raw!r}")
+            out.append(os.path.normpath(path))
+        return out
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_typo(cls, value: str) -> str:
+        # Plugin strategies are only known once plugins load, so only a near miss of a
+        # built-in name is refused here; any other name is checked when the job runs.
+        if value not in BUILTIN_STRATEGIES:
+            close = difflib.get_close_matches(value, BUILTIN_STRATEGIES, n=1, cutoff=0.75)
+            if close:
+                raise ValueError(
+                    f"unknown backup strategy {value!r}; did you mean {close[0]!r}? (built in: "
+                    f"{', '.join(BUILTIN_STRATEGIES)}; plugins may add more)"
+                )
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return CronSchedule.parse(value).expr
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("retention")
+    @classmethod
+    def _some_rule(cls, value: RetentionPolicy | None) -> RetentionPolicy | None:
+        if value is not None and value.is_empty():
+            raise ValueError(
+                "sets no rule, so forget would remove every snapshot of the job; set at least "
+                "one of keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, "
+                "keep_yearly, keep_within, keep_tags (or leave retention out)"
+            )
+        return value
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _compression(cls, value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            from ploinkyd.backup.writer import parse_compression  # zstd only when asked
+
+            try:
+                parse_compression(value)
+            except UserError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+
+def _key_error(loc: tuple[str | int, ...], value: object, message: str) -> InitErrorDetails:
+    """A validation error at ``loc`` with our own message (explain_error passes it on)."""
+    error = PydanticCustomError("value_error", "{error}", {"error": message})
+    return InitErrorDetails(type=error, loc=loc, input=value)
+
+
+class BackupConfig(_Section):
+    """``[backup]``: repositories the daemon may use, and the backup jobs it runs."""
+
+    queue: QueueName = "default"  # where the scheduler enqueues the jobs' backup tasks
+    repositories: dict[BackupName, RepositorySettings] = Field(default_factory=dict)
+    jobs: list[BackupJob] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> BackupConfig:
+        problems: list[InitErrorDetails] = []
+        seen: set[str] = set()
+        known = ", ".join(sorted(self.repositories)) or "none yet; add [backup.repositories.NAME]"
+        for nr, job in enumerate(self.jobs):
+            if job.name in seen:
+                problems.append(
+                    _key_error(
+                        ("jobs", nr, "name"),
+                        job.name,
+                        f"job name {job.name!r} is used twice; job names must be unique",
+                    )
+                )
+            seen.add(job.name)
+            if job.repository not in self.repositories:
+                problems.append(
+                    _key_error(
+                        ("jobs", nr, "repository"),
+                        job.repository,
+                        f"unknown repository {job.repository!r}: name a table of "
+                        f"[backup.repositories] (configured: {known})",
+                    )
+                )
+        if problems:
+            raise ValidationError.from_exception_data("BackupConfig", problems)
+        return self
+
+    def job(self, name: str) -> BackupJob | None:
+        return next((job for job in self.jobs if job.name == name), None)
+
+
 class Config(_Section):
     """The whole validated configuration. The queue ``default`` always exists."""
 
@@ -295,11 +459,20 @@ class Config(_Section):
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     tiles: TilesConfig = Field(default_factory=TilesConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
 
     @model_validator(mode="after")
     def _default_queue_exists(self) -> Config:
         if "default" not in self.queues:
             self.queues = {"default": QueueConfig(), **self.queues}
+        if self.backup.queue not in self.queues:
+            known = ", ".join(sorted(self.queues))
+            message = (
+                f"unknown queue {self.backup.queue!r} for scheduled backups: name a queue "
+                f"declared as [queues.NAME] (configured: {known})"
+            )
+            error = _key_error(("backup", "queue"), self.backup.queue, message)
+            raise ValidationError.from_exception_data("Config", [error])
         return self
 
     def queue_settings(self, name: str) -> QueueConfig:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ploinkyd import __version__
 from ploinkyd.agents.manager import SUPERVISE_INTERVAL_S, AgentManager
+from ploinkyd.backup.service import BackupService
 from ploinkyd.clock import Clock, SystemClock
 from ploinkyd.config import Config, LoadedConfig, QueueConfig
 from ploinkyd.errors import ConflictError, NotFoundError, PloinkyError
@@ -79,6 +80,7 @@ class Daemon:
         self._reload_config = reload_config
         self.clock: Clock = clock or SystemClock()
         env = dict(os.environ if environ is None else environ)
+        self.environ: Mapping[str, str] = env
         self.state_dir = self.config.resolved_state_dir(env)
         self.runtime_dir = self.config.resolved_runtime_dir(env)
         self.socket_path = self.config.resolved_socket(env)
@@ -100,8 +102,9 @@ class Daemon:
         self.api: Any = None
         self.tiles: TileService | None = None
         self.agents = AgentManager(self)
+        self.backup = BackupService(self)
         # Lent to every task through TaskContext.services (the queue passes it on blindly).
-        self.services: dict[str, Any] = {}
+        self.services: dict[str, Any] = {"backup": self.backup}
 
     # ---- public helpers used by the API -------------------------------------------------
 
@@ -203,6 +206,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.plugins.load()
         self._kinds = self.plugins.task_kinds()
+        self.backup.check_jobs()
         await self._start_tiles()
         await self.agents.scan()
         self.committer.max_batch = self.config.queue_defaults.group_commit
@@ -220,6 +224,7 @@ class Daemon:
             asyncio.create_task(self._every(self._heartbeat_interval, self._heartbeat_all)),
             asyncio.create_task(self._every(lambda: 2.0, self._report_status)),
             asyncio.create_task(self._supervise_agents()),
+            asyncio.create_task(self.backup.scheduler.run(), name="backup-scheduler"),
         ]
         if self.notifier.watchdog_interval:
             interval = self.notifier.watchdog_interval / 3
@@ -327,6 +332,9 @@ class Daemon:
             await self.agents.scan()
             await self._apply_queues(self.config)
             self._kinds = self.plugins.task_kinds()
+            # After the queues: a job's new queue must exist before the scheduler enqueues.
+            self.backup.configure(self.config.backup)
+            self.backup.check_jobs()
             self.plugins.config_reloaded(self, self.config)
         except PloinkyError as exc:
             # A bad edit must not take a running daemon down: keep the old config.
@@ -347,6 +355,7 @@ class Daemon:
         for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.backup.close()
         await self.committer.close()
         if self.watcher is not None:
             self.watcher.stop()
@@ -444,6 +453,7 @@ class Daemon:
             "plugins": [{"name": p.name, "status": p.status} for p in self.plugins.report()],
             "tiles": self.tiles.status() if self.tiles is not None else None,
             "kinds": sorted(self._kinds),
+            "backup": self.backup.status(),
         }
 
     def queue_info(self, name: str) -> dict[str, Any]:

@@ -92,6 +92,9 @@ class DaemonCollector:
         tiles = getattr(d, "tiles", None)
         if tiles is not None:
             yield from tiles.metrics()
+        backup = getattr(d, "backup", None)
+        if backup is not None:
+            yield from backup.metrics()
 
 
 def render(daemon: Daemon) -> bytes:

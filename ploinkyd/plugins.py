@@ -23,10 +23,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
-from aiohttp import web
 from pydantic import BaseModel, Field
 
 from ploinkyd import __version__, hookspecs
+from ploinkyd.backup.strategies import BackupStrategy
 from ploinkyd.errors import ConflictError, NotFoundError, PluginError
 from ploinkyd.hookspecs import PROJECT
 from ploinkyd.kinds import TaskKind
@@ -34,6 +34,10 @@ from ploinkyd.tiles.model import OperatorSpec, RunnerSpec
 
 if TYPE_CHECKING:
     import argparse
+
+    from aiohttp import web
+
+    from ploinkyd.backup.storage import BackendFactory
 
 log = logging.getLogger("ploinkyd.plugins")
 
@@ -90,6 +94,15 @@ def _list_of(item_type: type | None, expected: str) -> ResultCheck:
     return check
 
 
+def _check_api_routes(value: Any) -> str | None:
+    # Imported here: the CLI loads plugins too, and importing aiohttp would add a third of a
+    # second to every command.
+    from aiohttp import web
+
+    expected = "a list of aiohttp.web.RouteDef (web.get(...), web.post(...))"
+    return _list_of(web.RouteDef, expected)(value)
+
+
 def _check_task_kinds(value: Any) -> str | None:
     problem = _list_of(TaskKind, "a list of ploinkyd.kinds.TaskKind")(value)
     bad = [kind for kind in value if not kind.name or not callable(kind.run)] if not problem else []
@@ -123,10 +136,10 @@ _RESULT_CHECKS: dict[str, ResultCheck] = {
     ),
     "ploinkyd_tile_runners": _list_of(RunnerSpec, "a list of ploinkyd.tiles.model.RunnerSpec"),
     "ploinkyd_storage_backends": _check_storage_backends,
-    "ploinkyd_backup_strategies": _list_of(None, "a list of backup strategy descriptors"),
-    "ploinkyd_api_routes": _list_of(
-        web.RouteDef, "a list of aiohttp.web.RouteDef (web.get(...), web.post(...))"
+    "ploinkyd_backup_strategies": _list_of(
+        BackupStrategy, "a list of ploinkyd.backup.strategies.BackupStrategy"
     ),
+    "ploinkyd_api_routes": _check_api_routes,
     "ploinkyd_config_reloaded": _check_none,
     "ploinkyd_cli_commands": _check_none,
 }
@@ -153,7 +166,12 @@ def _traceback_summary(exc: BaseException, limit: int = 6) -> list[str]:
 class PluginHost:
     """Owns the pluggy ``PluginManager`` and every plugin's status."""
 
-    DEFAULT_PLUGINS: tuple[str, ...] = ("ploinkyd.builtin.echo", "ploinkyd.builtin.tiles")
+    DEFAULT_PLUGINS: tuple[str, ...] = (
+        "ploinkyd.builtin.echo",
+        "ploinkyd.builtin.tiles",
+        "ploinkyd.builtin.backup",
+        "ploinkyd.builtin.backup_tasks",
+    )
 
     def __init__(self, disabled: Iterable[str] = (), entry_points: bool = True) -> None:
         self.pm = pluggy.PluginManager(PROJECT)
@@ -474,6 +492,27 @@ class PluginHost:
         """All tile runners by name; for a duplicate name the first plugin wins."""
         found = self._first_by_name("ploinkyd_tile_runners", "tile runner")
         return {name: spec for name, (_, spec) in found.items()}
+
+    def backup_strategies(self) -> dict[str, BackupStrategy]:
+        """All backup strategies by name; for a duplicate name the first plugin wins."""
+        found = self._first_by_name("ploinkyd_backup_strategies", "backup strategy")
+        return {name: strategy for name, (_, strategy) in found.items()}
+
+    def storage_backends(self) -> dict[str, BackendFactory]:
+        """Backup storage backend factories by URL scheme (lower case); for a duplicate scheme
+        the first plugin wins."""
+        found: dict[str, tuple[str, BackendFactory]] = {}
+        for plugin, result in self.collect("ploinkyd_storage_backends"):
+            for scheme, factory in result.items():
+                key = scheme.lower()
+                owner = found[key][0] if key in found else None
+                if owner is None:
+                    found[key] = (plugin, factory)
+                elif owner == plugin:
+                    self._warn(plugin, f"storage backend {key}:// is returned twice; first used")
+                else:
+                    self._warn(plugin, f"storage backend {key}:// is shadowed by plugin {owner!r}")
+        return {scheme: factory for scheme, (_, factory) in found.items()}
 
     def _first_by_name(self, hook: str, what: str) -> dict[str, tuple[str, Any]]:
         found: dict[str, tuple[str, Any]] = {}

@@ -22,6 +22,8 @@ _PACKAGE = __name__.rpartition(".")[0]
 FIXTURES = f"{_PACKAGE}.plugins_fixture" if _PACKAGE else "plugins_fixture"
 ECHO = "ploinkyd.builtin.echo"
 TILES = "ploinkyd.builtin.tiles"
+BACKUP = "ploinkyd.builtin.backup"
+BACKUP_TASKS = "ploinkyd.builtin.backup_tasks"
 ALL_HOOKS = sorted(name for name in vars(hookspecs) if name.startswith("ploinkyd_"))
 
 
@@ -195,6 +197,8 @@ def test_disabled_plugins_are_reported_and_not_imported() -> None:
     assert statuses == {
         ECHO: ("disabled", "builtin"),
         TILES: ("active", "builtin"),
+        BACKUP: ("active", "builtin"),
+        BACKUP_TASKS: ("active", "builtin"),
         "nosuch": ("disabled", "config"),
         "broken": ("disabled", "test"),
     }
@@ -269,8 +273,17 @@ async def test_every_hook_is_called(host: PluginHost) -> None:
     assert "map" in host.tile_operators()  # the built-ins stay
     assert host.tile_runners()["inline"].sandboxed is False
     assert [p for p, _ in host.collect("ploinkyd_tile_runners")] == ["all", TILES]
-    assert host.collect("ploinkyd_storage_backends") == [("all", {"mem": dict})]
-    assert host.collect("ploinkyd_backup_strategies") == [("all", [allhooks.Descriptor("mirror")])]
+    assert host.collect("ploinkyd_storage_backends")[0] == ("all", {"mem": dict})
+    assert host.collect("ploinkyd_backup_strategies")[0] == ("all", [allhooks.Descriptor("mirror")])
+    assert host.storage_backends()["mem"] is dict  # the plugin's scheme wins over the built-in
+    assert {"file", "mem"} <= host.storage_backends().keys()
+    assert set(host.backup_strategies()) == {
+        "mirror",
+        "full",
+        "incremental",
+        "differential",
+        "snapshot",
+    }
 
     [(owner, route)] = host.api_routes()
     assert owner == "all" and isinstance(route, web.RouteDef) and route.path == "/ping"
@@ -417,4 +430,5 @@ def test_entry_points_can_be_disabled_or_skipped(plugin_dist: Path) -> None:
     assert report["raises"].source == "entrypoint:ploinky-fixture-plugins"
     assert "ploinky_ep_raises" not in sys.modules
 
-    assert [i.name for i in PluginHost(entry_points=False).load()] == [ECHO, TILES]
+    builtins = [ECHO, TILES, BACKUP, BACKUP_TASKS]
+    assert [i.name for i in PluginHost(entry_points=False).load()] == builtins

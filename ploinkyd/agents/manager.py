@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,9 @@ class AgentManager:
         self.agents: dict[str, AgentState] = {}
         self.problems: dict[str, str] = {}
         self._stopped: set[str] = set()  # stopped by a person: stays stopped across reloads
+        # Agents held quiet by snapshot backups (ploinkyd.backup.quiesce), with how many
+        # backups hold each: their queues stay paused and their containers are not probed.
+        self.quiesced: Counter[str] = Counter()
         self._fingerprint: tuple[Any, ...] | None = None
 
     # ---- discovery ----------------------------------------------------------------------
@@ -187,11 +191,11 @@ class AgentManager:
         return {a.queue: a.manifest.queue_config(a.dir, defaults) for a in self.agents.values()}
 
     def after_queues_applied(self) -> None:
-        """Pause the queues of stopped agents (a queue starts out claiming)."""
+        """Pause the queues of stopped and quiesced agents (a queue starts out claiming)."""
         for agent in self.agents.values():
             handle = self.daemon.queues.get(agent.queue)
             if handle is not None:
-                if agent.state == "stopped":
+                if agent.state == "stopped" or self.quiesced[agent.name]:
                     handle.runner.pause()
                 else:
                     handle.runner.resume()
@@ -211,7 +215,8 @@ class AgentManager:
         agent.state, agent.reason, agent.failures, agent.next_try = "running", None, 0, 0.0
         agent.started_at = time.time()
         self._hold_calls(name, False)
-        self._queue_runner(agent, resume=True)
+        # A snapshot backup holding the agent quiet resumes its queue when it is done.
+        self._queue_runner(agent, resume=not self.quiesced[name])
         await self._warm(agent)
         return agent
 
@@ -319,7 +324,8 @@ class AgentManager:
         """Keep a warm container for every running agent; bring crashed ones back."""
         now = time.monotonic()
         for agent in list(self.agents.values()):
-            if agent.state == "stopped" or now < agent.next_try:
+            # A frozen container would hold the probe (and this loop) until it is thawed.
+            if agent.state == "stopped" or now < agent.next_try or self.quiesced[agent.name]:
                 continue
             await self._warm(agent)
 
@@ -341,6 +347,7 @@ class AgentManager:
             "description": agent.manifest.description,
             "state": agent.state,
             "reason": agent.reason,
+            "quiesced": self.quiesced[agent.name] > 0,
             "queue": agent.queue,
             "queue_dir": str(agent.manifest.queue_dir(agent.dir)),
             "image": agent.specs[0].image if agent.specs else None,

@@ -41,7 +41,7 @@ class CancellableBackend:
                 transient=False,
             )
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
         self._check()
         self.inner.put(name, data)
 

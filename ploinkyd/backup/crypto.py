@@ -28,7 +28,7 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ploinkyd.errors import RepositoryDamaged, UserError
 
@@ -110,10 +110,12 @@ class Keyring:
         if aead is None:
             key = self.data_keys.get(kid)
             if key is None:
-                raise UserError(
-                    f"this object was written under key {kid.hex()}, which this password's "
-                    "keyring does not hold; a key rotation happened after this password was "
-                    "added: ask an admin for `ploinkyd backup key add`",
+                # Every key file holds every data key still in use (rotation removes the other
+                # passwords' files; `prune --rewrite` drops a key only once nothing uses it),
+                # so an unknown key id means a damaged or foreign object, not a missing grant.
+                raise RepositoryDamaged(
+                    f"an object names data key {kid.hex()}, which this repository's keyring "
+                    "does not hold: the object is damaged or comes from another repository",
                     code="KEY_NOT_HELD",
                     details={"key_id": kid.hex()},
                 )
@@ -130,8 +132,14 @@ class Keyring:
         if len(view) < OVERHEAD:
             raise RepositoryDamaged(f"{what} is truncated", details={"object": what})
         try:
+            aead = self.cipher(kid)
+        except RepositoryDamaged as exc:
+            raise RepositoryDamaged(
+                f"{what}: {exc.message}", code=exc.code, details={"object": what, **exc.details}
+            ) from None
+        try:
             # Slices of a memoryview: no copy of a multi-megabyte blob before decrypting it.
-            return self.cipher(kid).decrypt(view[:NONCE], view[NONCE:], aad)
+            return aead.decrypt(view[:NONCE], view[NONCE:], aad)
         except InvalidTag:
             raise RepositoryDamaged(
                 f"{what} fails authentication: its bytes changed after it was written",
@@ -191,6 +199,16 @@ class KeyFile(BaseModel):
     p: int = Field(ge=1, le=16)
     salt: str
     data: str
+
+    @field_validator("salt", "data")
+    @classmethod
+    def _base64(cls, value: str, info: ValidationInfo) -> str:
+        # A damaged key file must be reported as damaged, not crash unwrap() with a
+        # binascii error or a too-short nonce.
+        raw = unb64(value)
+        if info.field_name == "data" and len(raw) < OVERHEAD:
+            raise ValueError("too short to hold a wrapped keyring")
+        return value
 
 
 def derive(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:

@@ -95,10 +95,13 @@ def init_repository(
     compression: str = "auto",
     schemes: Mapping[str, BackendFactory] | None = None,
     options: Mapping[str, Any] | None = None,
+    pack_size: int | None = None,
     log_n: int | None = None,
 ) -> Repository:
     backend = open_backend(url, schemes=schemes, options=options)
-    return Repository.init(backend, password, compression=compression, log_n=log_n)
+    return Repository.init(
+        backend, password, compression=compression, pack_size=pack_size, log_n=log_n
+    )
 
 
 def strategy_named(name: str, extra: Mapping[str, BackupStrategy] | None = None) -> BackupStrategy:
@@ -157,8 +160,11 @@ def restore(
 ) -> tuple[str, RestoreResult]:
     with RepoLock(repo, exclusive=False, purpose="restore", wait_s=lock_wait_s):
         sid, snap = repo.find_snapshot(ref)
-        repo.load_index()
         restorer = Restorer(repo, warn=warn)
+        # A damaged index file must not cost the data it lists: skip it and find its packs
+        # (and those of an interrupted backup) by their headers, as adoption does.
+        repo.load_index(on_damaged=restorer.warn)
+        repo.adopt_orphans()
         if watch is not None:
             watch(restorer)
         return sid, restorer.restore(snap.tree, target, list(include))

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +30,7 @@ from ploinkyd.backup.crypto import KeyFile, Keyring, WrongPassword
 from ploinkyd.backup.format import (
     CONFIG,
     DATA_DIR,
+    FORMAT_VERSION,
     INDEX,
     KEYS,
     SNAPSHOTS,
@@ -154,12 +155,27 @@ class Repository:
                 f"{backend.url}/config is not a ploinkyd repository config: {exc.errors()[0]}",
                 details={"object": CONFIG},
             ) from None
-        for name, keyfile in _keyfiles(backend):
+        if config.version != FORMAT_VERSION:
+            raise UserError(
+                f"{backend.url} is a version {config.version} repository; this ploinkyd "
+                f"reads version {FORMAT_VERSION} only",
+                code="UNSUPPORTED_VERSION",
+                details={"url": backend.url, "version": config.version},
+            )
+        damaged: list[str] = []
+        for name, keyfile in _keyfiles(backend, damaged):
             ring = crypto.unwrap(keyfile, password)
             if ring is not None:
                 repo = cls(backend, config, ring, name)
                 repo._password = password
                 return repo
+        if damaged:
+            raise RepositoryDamaged(
+                f"no key file of {backend.url} opens with this password, and "
+                f"{', '.join(damaged)} {'is' if len(damaged) == 1 else 'are'} damaged: the "
+                "password may be wrong or its key file damaged; try another password",
+                details={"url": backend.url, "objects": damaged},
+            )
         raise WrongPassword(
             f"wrong password for the repository at {backend.url}: no key file opens with it",
             details={"url": backend.url},
@@ -252,11 +268,26 @@ class Repository:
 
     # -- index -------------------------------------------------------------------------------
 
-    def load_index(self) -> Index:
-        """Read every index file not read yet (new ones appear while concurrent backups run)."""
+    def load_index(self, on_damaged: Callable[[str], None] | None = None) -> Index:
+        """Read every index file not read yet (new ones appear while concurrent backups run).
+
+        A damaged index file raises, unless ``on_damaged`` is given: then it is reported there
+        and skipped (a restore then finds its packs through :meth:`adopt_orphans`)."""
         names = [o.name for o in self.backend.list(INDEX) if o.name not in self.index.files]
+
+        def read(name: str) -> IndexFile | None:
+            try:
+                return self.read_index_file(name)
+            except (RepositoryDamaged, UserError) as exc:  # UserError: a key id it lacks
+                if on_damaged is None:
+                    raise
+                on_damaged(f"{name} is damaged and was skipped: {exc.message}")
+                return None
+
         with ThreadPoolExecutor(4) as pool:
-            for name, idx in zip(names, pool.map(self.read_index_file, names), strict=True):
+            for name, idx in zip(names, pool.map(read, names), strict=True):
+                if idx is None:
+                    continue
                 for pack in idx.packs:
                     self.index.add_pack(pack)
                 self.index.files.add(name)
@@ -423,8 +454,8 @@ class Repository:
 
     def find_snapshot(self, ref: str) -> tuple[str, Snapshot]:
         """``latest``, ``latest:JOB`` or an id prefix of at least 4 characters."""
-        snaps = self.snapshots()
         if ref == "latest" or ref.startswith("latest:"):
+            snaps = self.snapshots()
             job = ref.partition(":")[2]
             chosen = [s for s in snaps if not job or s[1].job == job]
             if not chosen:
@@ -433,15 +464,18 @@ class Repository:
                     code="SNAPSHOT_NOT_FOUND",
                 )
             return chosen[-1]
-        matches = [s for s in snaps if s[0].startswith(ref.lower())] if len(ref) >= 4 else []
+        # Read only the snapshots the prefix names: one damaged snapshot file must not make
+        # every other snapshot unrestorable.
+        names = [o.name.removeprefix(SNAPSHOTS) for o in self.backend.list(SNAPSHOTS)]
+        matches = sorted(n for n in names if n.startswith(ref.lower())) if len(ref) >= 4 else []
         if len(matches) != 1:
             raise NotFoundError(
                 f"{'no' if not matches else 'more than one'} snapshot matches {ref!r}; "
                 "give more of the id (see `ploinkyd backup list`) or `latest`",
                 code="SNAPSHOT_NOT_FOUND",
-                details={"ref": ref, "matches": [s[0][:12] for s in matches]},
+                details={"ref": ref, "matches": [m[:12] for m in matches]},
             )
-        return matches[0]
+        return matches[0], self.read_snapshot(matches[0])
 
     def delete_snapshot(self, sid: str) -> None:
         self.backend.delete(SNAPSHOTS + sid)
@@ -482,13 +516,20 @@ def _read_keyfile(backend: Backend, name: str) -> KeyFile:
         raise RepositoryDamaged(f"{name} is not a key file: {exc.errors()[0]}") from None
 
 
-def _keyfiles(backend: Backend) -> list[tuple[str, KeyFile]]:
+def _keyfiles(backend: Backend, damaged: list[str] | None = None) -> list[tuple[str, KeyFile]]:
+    """Every readable key file. With ``damaged`` given, unreadable ones are listed there and
+    skipped, so one damaged key file does not lock out every other password."""
     out = []
     for info in sorted(backend.list(KEYS), key=lambda o: o.name):
         try:
             out.append((info.name, _read_keyfile(backend, info.name)))
         except ObjectNotFound:
             continue  # removed by a concurrent `key remove`
-    if not out:
+        except RepositoryDamaged as exc:
+            if damaged is None:
+                raise
+            log.warning("%s", exc.message)
+            damaged.append(info.name)
+    if not out and not damaged:
         raise RepositoryDamaged(f"{backend.url} has no key files", details={"object": KEYS})
     return out

@@ -158,7 +158,16 @@ class Restorer:
         self, tree_id: str, dir_fd: int, dir_path: str, rel: str, includes: list[str]
     ) -> None:
         seen: set[str] = set()
-        for node in self.repo.load_tree(tree_id).nodes:
+        try:
+            tree = self.repo.load_tree(tree_id)
+        except RepositoryDamaged as exc:
+            # A damaged directory listing loses that directory's contents, not the restore:
+            # everything else is still restored, and the directory is named as damaged.
+            with self._lock:
+                self.result.damaged_files.append(dir_path)
+            self.warn(f"{dir_path}: contents not restored: {exc.message}")
+            return
+        for node in tree.nodes:
             name = _safe_name(node.name, rel)
             if name in seen:
                 raise UnsafePath(f"tree {rel or '/'} lists {name!r} twice", details={"entry": name})

@@ -1,7 +1,8 @@
 """``ploinkyd``: run the daemon and talk to it.
 
-Exit codes: 0 success; 1 a task failed or was cancelled; 2 bad usage or bad input; 4 not found;
-5 conflict; 69 the daemon is unreachable; 75 a wait timed out; 78 bad configuration.
+Exit codes: 0 success; 1 a task failed or was cancelled; 2 bad usage or bad input (a wrong
+backup password too); 3 repository damaged; 4 not found; 5 conflict; 69 the daemon is
+unreachable; 75 a wait timed out; 78 bad configuration.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from ploinkyd import __version__
 from ploinkyd.cli import agents as agent_cli
+from ploinkyd.cli import backup as backup_cli
 from ploinkyd.cli import images as images_cli
 from ploinkyd.cli import output
 from ploinkyd.cli import tiles as tiles_cli
@@ -137,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiles_cli.register(sub, common)
     images_cli.register(sub, common)
     agent_cli.register(sub, common)
+    backup_cli.register(sub, common)
     _plugin_commands(sub)
     return p
 
@@ -202,7 +205,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"ploinkyd {st['version']} on {st['node']} (pid {st['pid']}): {st['summary']}")
     print(f"state dir {st['state_dir']}, socket {st['socket']}, up {st['uptime_s']:.0f}s")
     output.table(list(st["queues"].values()), output.QUEUE_COLUMNS)
+    jobs = (st.get("backup") or {}).get("jobs") or []
+    if jobs:
+        print()
+        rows = [{**j, "last_result": (j.get("last_result") or {}).get("outcome")} for j in jobs]
+        output.table(rows, BACKUP_JOB_COLUMNS)
     return 0
+
+
+BACKUP_JOB_COLUMNS = ["name", "repository", "schedule", "next_run", "last_enqueued", "last_result"]
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -50,3 +51,16 @@ def task(info: dict[str, Any]) -> None:
     elif info.get("owner"):
         o = info["owner"]
         print(f"  running on node {o['node']} pid {o['pid']} (attempt {o['attempt']})")
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def when(t: float) -> str:
+    """A Unix time as local wall-clock time, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))

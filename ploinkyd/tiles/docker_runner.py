@@ -184,6 +184,42 @@ class DockerRunner:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         return len(workers)
 
+    async def freeze(self, pool: str) -> int:
+        """Pause (cgroup freezer) the running containers of ``pool`` (an agent, for a
+        snapshot backup); returns how many. A call in flight on one waits until ``thaw``."""
+        api = await self._ensure_api()
+        found = await self._containers_of(api, pool)
+        ids = [c["Id"] for c in found if c.get("State") == "running"]
+        for cid in ids:
+            await asyncio.to_thread(api.pause, cid)
+        return len(ids)
+
+    async def thaw(self, pool: str) -> int:
+        """Unpause every paused container of ``pool``; returns how many."""
+        api = await self._ensure_api()
+        found = await self._containers_of(api, pool)
+        thawed = 0
+        for c in found:
+            if c.get("State") != "paused":
+                continue
+            try:
+                await asyncio.to_thread(api.unpause, c["Id"])
+            except docker.errors.NotFound:
+                continue  # removed meanwhile (idle reaping): nothing left to thaw
+            thawed += 1
+        return thawed
+
+    async def _containers_of(self, api: docker.APIClient, pool: str) -> list[dict[str, Any]]:
+        # Containers carry their pool key, not the agent: map the agent's pools to their keys.
+        keys = {p.key for p in self._pools.values() if p.owner == pool}
+        found = await asyncio.to_thread(dc.list_managed, api, self.node)
+        return [
+            c
+            for c in found
+            if (c.get("Labels") or {}).get(dc.LABEL_POOL) in keys
+            and (c.get("Labels") or {}).get(dc.LABEL_DAEMON) == self.daemon_id
+        ]
+
     async def image_id(self, image: str) -> str | None:
         """The engine's id of ``image`` (after resolving built-in names), for cache keys: a
         re-pulled tag gets a new id, so results of the old image are not served."""

@@ -231,6 +231,24 @@ class ProcessRunner:
         await asyncio.gather(*(self._stop(w, graceful=True) for w in workers))
         return len(workers)
 
+    async def freeze(self, pool: str) -> int:
+        """Stop (SIGSTOP) the worker process groups of ``pool`` for a snapshot backup; a call
+        in flight on one waits until ``thaw``. Returns how many workers were stopped."""
+        workers = self._workers_of(pool)
+        for worker in workers:
+            worker.signal_group(signal.SIGSTOP)
+        return len(workers)
+
+    async def thaw(self, pool: str) -> int:
+        """Continue (SIGCONT) the worker process groups of ``pool``."""
+        workers = self._workers_of(pool)
+        for worker in workers:
+            worker.signal_group(signal.SIGCONT)
+        return len(workers)
+
+    def _workers_of(self, pool: str) -> list[_Worker]:
+        return [w for key, p in self._pools.items() if key[-1] == pool for w in p.workers]
+
     # -- calls -----------------------------------------------------------------------------
 
     async def call(self, call: TileCall) -> Any:

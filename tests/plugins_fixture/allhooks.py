@@ -8,14 +8,18 @@ from typing import Any
 
 from aiohttp import web
 
+from ploinkyd.backup.strategies import FullStrategy
 from ploinkyd.hookspecs import hookimpl
 from ploinkyd.kinds import TaskContext, TaskKind
 from ploinkyd.tiles.model import OperatorSpec, RunnerSpec
 
 
 @dataclass
-class Descriptor:
+class Descriptor(FullStrategy):
+    """A backup strategy (the ``BackupStrategy`` protocol) named by the test."""
+
     name: str
+    description: str = "reads every file, under another name"
 
 
 def _no_runner(*args: Any, **kwargs: Any) -> Any:
