@@ -414,6 +414,9 @@ class BackupConfig(_Section):
     """``[backup]``: repositories the daemon may use, and the backup jobs it runs."""
 
     queue: QueueName = "default"  # where the scheduler enqueues the jobs' backup tasks
+    # Where ``restore`` tasks may write, besides <state>/restores: anyone who can drop a task
+    # file could otherwise overwrite any path the daemon (often root) can write.
+    restore_roots: list[UserPath] = Field(default_factory=list)
     repositories: dict[BackupName, RepositorySettings] = Field(default_factory=dict)
     jobs: list[BackupJob] = Field(default_factory=list)
 

@@ -85,6 +85,7 @@ class Setup:
             "tiles": {"runner": "process"},
             "queue_defaults": {"retry_base_s": 0.2, "retry_max_s": 1},
             "backup": {
+                "restore_roots": [str(self.root / "restore")],
                 "repositories": {
                     "main": {"url": str(self.repo_dir), "password_file": str(self.password_file)}
                 },
@@ -180,6 +181,14 @@ def test_job_backup_dropped_as_a_file_restores_equal(
     assert rec["status"] == "succeeded", rec
     assert rec["output"]["snapshot"] == out["snapshot"] and rec["output"]["files"] == 2
     assert tree(restored(target, setup.data)) == tree(setup.data)
+
+    # A target outside backup.restore_roots (and <state>/restores) is refused, nothing written.
+    outside = setup.root / "elsewhere"
+    d.drop("r2", {"kind": "restore", "input": {"repository": "main", "target": str(outside)}})
+    rec = record_of(d, "r2")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "RESTORE_TARGET_REFUSED", rec
+    assert "backup.restore_roots" in rec["error"]["message"]
+    assert not outside.exists()
 
     metrics = d.client().get("/metrics")
     runs = metric(metrics, "ploinkyd_backup_runs_total", job="docs", outcome="succeeded")

@@ -27,6 +27,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -385,7 +386,24 @@ async def _with_repository(ctx: TaskContext, repository: str, work: RepoWork) ->
         raise failure from None
 
 
+def _check_restore_target(service: BackupService, target: str) -> None:
+    roots = [service.daemon.state_dir / "restores", *service.config.restore_roots]
+    # resolve(): a symlink inside an allowed root must not lead outside it.
+    resolved = Path(target).resolve()
+    if not any(resolved.is_relative_to(Path(root).resolve()) for root in roots):
+        raise TaskFailed(
+            f"restore target {target} is outside the allowed roots ("
+            + ", ".join(str(r) for r in roots)
+            + "); add a root to backup.restore_roots, or restore with the CLI",
+            code="RESTORE_TARGET_REFUSED",
+            details={"target": target, "allowed": [str(r) for r in roots]},
+            retryable=False,
+        )
+
+
 async def run_restore(ctx: TaskContext, data: RestoreInput) -> dict[str, Any]:
+    _check_restore_target(_service(ctx), data.target)
+
     def work(repo: Repository, wait: float) -> dict[str, Any]:
         sid, result = ops.restore(
             repo, data.snapshot, data.target, include=data.include, lock_wait_s=wait
