@@ -9,9 +9,7 @@ from typing import Any
 from ploinkyd.config import TilesConfig
 from ploinkyd.hookspecs import hookimpl
 from ploinkyd.kinds import TaskKind
-from ploinkyd.tiles.kinds import tile_kinds
 from ploinkyd.tiles.model import OperatorSpec, RunnerSpec, TileRunner
-from ploinkyd.tiles.operators import builtin_operators
 
 
 def _docker(config: TilesConfig, state_dir: Path, **kwargs: Any) -> TileRunner:
@@ -29,11 +27,16 @@ def _process(config: TilesConfig, state_dir: Path, **kwargs: Any) -> TileRunner:
 
 @hookimpl(trylast=True)
 def ploinkyd_task_kinds() -> list[TaskKind]:
+    # Imported on call, like the runners: CLI commands that never touch tiles skip the cost.
+    from ploinkyd.tiles.kinds import tile_kinds
+
     return tile_kinds()
 
 
 @hookimpl(trylast=True)
 def ploinkyd_tile_operators() -> list[OperatorSpec]:
+    from ploinkyd.tiles.operators import builtin_operators
+
     return builtin_operators()
 
 
