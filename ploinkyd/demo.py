@@ -1,4 +1,4 @@
-"""A guided tour: a real daemon on a scratch directory, tile, pipeline and agent tasks
+"""A guided tour: a real daemon on a scratch directory, tile, pipeline, agent and backup tasks
 dropped as files, their records.
 
 Run it with ``python -m ploinkyd.demo`` (``bash scripts/demo.sh`` sets up ``.venv``, the
@@ -88,7 +88,24 @@ def example_tasks(not_before: datetime) -> dict[str, Expected]:
         ),
         "broken": ('{"kind": "tile", "input": ', "failed", "INVALID_JSON"),
         "mystery": ({"kind": "resize", "input": {"width": 64}}, "failed", "UNKNOWN_KIND"),
+        "nightly": ({"kind": "backup", "input": {"job": "agents"}}, "succeeded", None),
     }
+
+
+def backup_config(root: Path, agents: Path) -> str:
+    """A repository and a backup job for the demo's agents directory (restores go to
+    ``restored/``). The repository is made here, as ``ploinkyd backup init`` would."""
+    from ploinkyd.backup import ops
+
+    password = root / "backup.pass"
+    password.write_text("demo password\n")
+    ops.init_repository(str(root / "backups"), "demo password")
+    return (
+        f'[backup]\nrestore_roots = ["{root / "restored"}"]\n'
+        f'[backup.repositories.demo]\nurl = "{root / "backups"}"\n'
+        f'password_file = "{password}"\n'
+        f'[[backup.jobs]]\nname = "agents"\npaths = ["{agents}"]\nrepository = "demo"\n'
+    )
 
 
 def docker_answers() -> bool:
@@ -149,8 +166,17 @@ def wait_records(queue: Path, ids: list[str], timeout: float = 30.0) -> dict[str
 
 def show(task_id: str, rec: dict[str, Any]) -> str:
     where = "results" if rec["status"] == "succeeded" else "errors"
+    out = rec.get("output")
     if rec.get("error"):
         what = f"{rec['error']['code']}: {rec['error']['message']}"
+    elif isinstance(out, dict) and "short_id" in out and "summary" in out:
+        s = out["summary"]
+        what = (
+            f"snapshot {out['short_id']}: {s['files_new']} new files, "
+            f"{s['bytes_added_stored']} bytes stored"
+        )
+    elif isinstance(out, dict) and "short_id" in out:
+        what = f"restored snapshot {out['short_id']}: {out['files']} files to {out['target']}"
     else:
         what = f"output {json.dumps(rec['output'])}"
     return f"  {where + '/' + task_id + '.json':<21} {rec['status']:<9} {what}"
@@ -168,7 +194,7 @@ def main() -> int:
     shutil.copytree(REPO / "agents" / "csv-report", agents / "csv-report")
     agent_queue = agents / "csv-report" / ".ploinky" / "queue"
     config = root / "config.toml"
-    config.write_text(f'[agents]\npaths = ["{agents}"]\n')
+    config.write_text(f'[agents]\npaths = ["{agents}"]\n' + backup_config(root, agents))
     runner = "docker"
     if not docker_answers():
         runner = "process"
@@ -218,6 +244,19 @@ def main() -> int:
                 code,
             ):
                 problems.append(f"{task_id}: expected {status} {code or ''}")
+        if records.get("nightly", {}).get("status") == "succeeded":
+            target = root / "restored"
+            print("then a restore of that snapshot:")
+            drop(
+                queue,
+                "restore",
+                {"kind": "restore", "input": {"repository": "demo", "target": str(target)}},
+            )
+            restored = wait_records(queue, ["restore"], timeout=60).get("restore")
+            print(show("restore", restored) if restored else "  restore: no record after 60s")
+            copy = target / str(agents / "csv-report" / "agent.toml").lstrip("/")
+            if restored is None or restored["status"] != "succeeded" or not copy.is_file():
+                problems.append("restore: expected the agents directory back")
         sales = agent_records.get("sales")
         print(show("sales", sales) if sales else "  sales: no record after 120s")
         if sales is None or sales["status"] != "succeeded":
