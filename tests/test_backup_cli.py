@@ -352,7 +352,7 @@ def test_wrong_password_missing_repo_and_missing_options(bk: Bk) -> None:
     command = f"cat {pw_file}"
     assert "0 snapshots" in bk.ok("--password-command", command, "list", env=no_password)
     bad_cost = {**bk.env, "PLOINKY_BACKUP_KDF_LOG_N": "4"}
-    assert "from 10 to 18" in bk.fails(EXIT_USAGE, "key", "add", env=bad_cost)
+    assert "from 10 to 16" in bk.fails(EXIT_USAGE, "key", "add", env=bad_cost)
     assert "unknown backup strategy 'sideways'" in bk.fails(
         EXIT_USAGE, "create", str(bk.root), "--strategy", "sideways"
     )
