@@ -45,7 +45,14 @@ from ploinkyd.backup.format import (
     pack_name,
 )
 from ploinkyd.backup.index import BlobLocation, Index
-from ploinkyd.backup.pack import TAIL_GUESS, blob_aad, index_entry, parse_header, parse_trailer
+from ploinkyd.backup.pack import (
+    TAIL_GUESS,
+    TRAILER,
+    blob_aad,
+    index_entry,
+    parse_header,
+    parse_trailer,
+)
 from ploinkyd.backup.storage import Backend
 from ploinkyd.errors import (
     ConflictError,
@@ -321,8 +328,6 @@ class Repository:
         name = pack_name(pack_id)
         tail = self.backend.get(name, -TAIL_GUESS)
         key_id, header_len = parse_trailer(tail, name)
-        from ploinkyd.backup.pack import TRAILER
-
         need = TRAILER.size + header_len
         if need > len(tail):
             tail = self.backend.get(name, -need)

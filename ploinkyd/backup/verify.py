@@ -13,7 +13,7 @@ import hashlib
 import random
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,13 +261,3 @@ class Verifier:
                 yield from self._affected(node.subtree, child)
             if any(bytes([DATA]) + bytes.fromhex(c) in self._damaged for c in node.content or []):
                 yield child
-
-
-def verify(
-    repo: Repository,
-    *,
-    read_data: bool = False,
-    subset: str | None = None,
-    on_progress: Callable[[VerifyProgress], None] | None = None,
-) -> VerifyReport:
-    return Verifier(repo).run(read_data=read_data, subset=subset)
