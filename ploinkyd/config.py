@@ -227,10 +227,18 @@ class ApiConfig(_Section):
 
 
 class PluginsConfig(_Section):
-    """``[plugins]``: which plugins stay off and where plugins may be installed from."""
+    """``[plugins]``: which plugins stay off, which directories load in place and where
+    ``plugin install`` may clone from.
+
+    ``allow`` holds shell-style patterns matched against the whole source URL (or the absolute
+    path of a local repository); ``https://*`` and local paths by default. Transports that run
+    commands (``ext::``, ``fd::``) are refused whatever the list says.
+    """
 
     disabled: list[str] = Field(default_factory=list)
+    paths: list[Path] = Field(default_factory=list)
     allow: list[str] = Field(default_factory=lambda: ["https://*", "/*", "./*"])
+    git_timeout_s: float = Field(120.0, gt=0)
 
 
 class LimitsConfig(_Section):

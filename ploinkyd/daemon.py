@@ -84,7 +84,7 @@ class Daemon:
         self.state_dir = self.config.resolved_state_dir(env)
         self.runtime_dir = self.config.resolved_runtime_dir(env)
         self.socket_path = self.config.resolved_socket(env)
-        self.plugins = plugins or PluginHost(disabled=self.config.plugins.disabled)
+        self.plugins = plugins or PluginHost.from_config(self.config, self.state_dir)
         self.identity = Identity.current(self.config.daemon.node_id)
         self.notifier = Notifier(env)
         self.queues: dict[str, QueueHandle] = {}
@@ -317,6 +317,13 @@ class Daemon:
             )
             return
         log.info("queue %s retired", handle.name)
+
+    def plugins_changed(self) -> None:
+        """A plugin was installed, updated or removed at run time: serve what plugins provide
+        now. Storage backends and strategies are looked up per task, so they need nothing."""
+        self._kinds = self.plugins.task_kinds()
+        if self.tiles is not None:
+            self.tiles.operators = self.plugins.tile_operators()
 
     async def reload(self) -> None:
         """Re-read config; apply queue changes and plugin settings without dropping tasks."""

@@ -8,11 +8,12 @@ exit codes), a ``message`` a person can act on, and JSON-able ``details``::
     │   ├── ConfigError          bad config file, key or value            (exit 78)
     │   ├── TaskError            a task file or task input is invalid      (record code)
     │   ├── NotFoundError        unknown queue, task, plugin               (HTTP 404)
-    │   └── ConflictError        duplicate id, daemon already running     (HTTP 409)
+    │   ├── ConflictError        duplicate id, daemon already running     (HTTP 409)
+│   ├── ForbiddenError       the caller's role may not do this         (HTTP 403)
+│   └── PluginError          a plugin failed to load, a hook raised, a plugin source is refused
     ├── TaskFailed           a task kind's run failed; ``retryable`` decides on a retry
     │   └── TaskDeferred         a dependency is down: requeue without spending an attempt
-    ├── PluginError          a plugin failed to load or a hook raised (quarantined)
-    ├── StorageError         a backup storage backend failed; ``transient`` decides on a retry
+        ├── StorageError         a backup storage backend failed; ``transient`` decides on a retry
     │   └── ObjectNotFound       the named object does not exist (never retried)
     ├── RepositoryDamaged    a backup repository object fails its checks (bytes changed)
     ├── DaemonUnavailable    the CLI cannot reach the control socket       (exit 69)
@@ -77,6 +78,12 @@ class ConflictError(UserError):
     exit_code = 5
 
 
+class ForbiddenError(UserError):
+    code = "FORBIDDEN"
+    http_status = 403
+    exit_code = 77  # EX_NOPERM
+
+
 class TaskFailed(PloinkyError):
     """Raised by a task kind when its work failed.
 
@@ -117,7 +124,10 @@ class TaskDeferred(TaskFailed):
         self.retry_after_s = retry_after_s
 
 
-class PluginError(PloinkyError):
+class PluginError(UserError):
+    """A plugin or plugin repository that cannot be used as it is (bad manifest, import error,
+    a raising hook, a refused source URL); the message says which plugin and what to fix."""
+
     code = "PLUGIN_FAILED"
 
 

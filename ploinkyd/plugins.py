@@ -19,6 +19,7 @@ import os
 import reprlib
 import traceback
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +31,8 @@ from ploinkyd.backup.strategies import BackupStrategy
 from ploinkyd.errors import ConflictError, NotFoundError, PluginError
 from ploinkyd.hookspecs import PROJECT
 from ploinkyd.kinds import TaskKind
+from ploinkyd.plugin_dirs import LoadedDir, import_dir, loaded_dir, unload
+from ploinkyd.plugin_manifest import PluginManifest, read_manifest
 from ploinkyd.tiles.model import OperatorSpec, RunnerSpec
 
 if TYPE_CHECKING:
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from ploinkyd.backup.storage import BackendFactory
+    from ploinkyd.config import Config
+    from ploinkyd.plugin_repos import PluginRepos
 
 log = logging.getLogger("ploinkyd.plugins")
 
@@ -148,6 +153,7 @@ _RESULT_CHECKS: dict[str, ResultCheck] = {
 # Frames of the host, pluggy and importlib tell a plugin author nothing.
 _HOST_FRAMES = (
     __file__,
+    os.path.join(os.path.dirname(__file__), "plugin_"),
     os.path.dirname(pluggy.__file__),
     os.path.dirname(importlib.__file__),
     "<frozen",
@@ -173,16 +179,38 @@ class PluginHost:
         "ploinkyd.builtin.backup_tasks",
     )
 
-    def __init__(self, disabled: Iterable[str] = (), entry_points: bool = True) -> None:
+    def __init__(
+        self,
+        disabled: Iterable[str] = (),
+        entry_points: bool = True,
+        paths: Iterable[str | Path] = (),
+        repos: PluginRepos | None = None,
+    ) -> None:
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.disabled = frozenset(disabled)
         self.entry_points = entry_points
+        self.paths = [Path(p) for p in paths]
+        self.repos = repos
         self._infos: dict[str, PluginInfo] = {}
         self._started: list[str] = []
+        self._dirs: dict[str, LoadedDir] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, state_dir: Path | None = None) -> PluginHost:
+        """The host the daemon and every CLI command use: built-ins, entry points,
+        ``plugins.paths`` and the plugins installed from git under the state directory."""
+        from ploinkyd.plugin_repos import PluginRepos
+
+        return cls(
+            disabled=config.plugins.disabled,
+            paths=config.plugins.paths,
+            repos=PluginRepos(state_dir or config.resolved_state_dir(), config.plugins),
+        )
 
     def load(self) -> list[PluginInfo]:
-        """Register the built-ins, then each entry point of the ``ploinkyd`` group.
+        """Register the built-ins, each entry point of the ``ploinkyd`` group, the directories
+        of ``plugins.paths`` and the plugins installed from git.
 
         Calling it again picks up newly installed entry points and skips loaded ones.
         """
@@ -192,6 +220,11 @@ class PluginHost:
         if self.entry_points:
             for ep in importlib.metadata.entry_points(group=PROJECT):
                 self._load_entry_point(ep)
+        for plugin_dir in self.paths:
+            if not any(info.source == f"path:{plugin_dir}" for info in self._infos.values()):
+                self.register_directory(plugin_dir, f"path:{plugin_dir}")
+        if self.repos is not None:
+            self.repos.load_into(self)
         for name in sorted(self.disabled - self._infos.keys()):
             # Most likely a typo in plugins.disabled; say so instead of ignoring it.
             self._infos[name] = PluginInfo(
@@ -234,10 +267,104 @@ class PluginHost:
             return self._record_broken(name, source, version, exc, message)
         return self._register(name, plugin, source, version)
 
+    def register_directory(
+        self,
+        root: Path,
+        source: str,
+        *,
+        manifest: PluginManifest | None = None,
+        site: Path | None = None,
+    ) -> PluginInfo:
+        """Load the plugin checked out at ``root`` (its ``ploinky-plugin.toml`` says what to
+        import). Like :meth:`register_module`, a broken plugin comes back quarantined, with the
+        reason: a bad manifest, a ploinkyd version it does not support, a missing requirement,
+        an import error or a bad hook."""
+        try:
+            manifest = manifest or read_manifest(root)
+        except PluginError as exc:
+            return self._record_broken(root.name, source, None, exc, None)
+        name, version = manifest.name, manifest.version
+        existing = self._infos.get(name)
+        if existing is not None and existing.status != "disabled":
+            raise ConflictError(
+                f"a plugin named {name!r} is already loaded from {existing.source}",
+                details={"plugin": name, "source": existing.source},
+            )
+        if name in self.disabled:
+            return self._record_disabled(name, source, version)
+        try:
+            manifest.check_compatible()
+            missing = manifest.missing_requirements([str(site)] if site else [])
+            if missing:
+                raise PluginError(
+                    f"plugin {name!r} requires {', '.join(missing)}, which is not installed; "
+                    "install it with `ploinkyd plugin install --with-requires` (into the "
+                    "plugin's own directory) or with pip into ploinkyd's environment",
+                    code="PLUGIN_REQUIREMENTS",
+                    details={"plugin": name, "missing": missing},
+                )
+            namespace = import_dir(root, manifest, site)
+        except PluginError as exc:
+            return self._record_broken(name, source, version, exc, None)
+        except (Exception, SystemExit) as exc:
+            message = f"importing {', '.join(manifest.modules)} from {root} failed"
+            return self._record_broken(name, source, version, exc, message)
+        info = self._register(name, namespace, source, version)
+        loaded = loaded_dir(namespace)
+        if loaded is not None:
+            if info.status == "active":
+                self._dirs[name] = loaded
+            else:
+                unload(loaded)
+        return info
+
+    def record_unavailable(self, name: str, source: str, version: str, message: str) -> None:
+        """Report a plugin that could not even be prepared (its checkout is gone, say)."""
+        info = PluginInfo(name=name, source=source, status="quarantined", version=version)
+        self._infos[name] = info
+        self._mark_quarantined(info, None, "PluginError", message, None)
+
+    # What each hook contributes, by the key a second plugin would clash on.
+    _NAMED_HOOKS = {
+        "ploinkyd_task_kinds": "task kind",
+        "ploinkyd_tile_operators": "tile operator",
+        "ploinkyd_tile_runners": "tile runner",
+        "ploinkyd_backup_strategies": "backup strategy",
+        "ploinkyd_storage_backends": "storage backend",
+    }
+
+    def clashes(self, name: str) -> str | None:
+        """Say what ``name`` provides that another plugin already provides, if anything.
+
+        Entry-point plugins may override built-ins on purpose; a plugin installed from git at
+        run time may not silently take over a name the daemon already serves."""
+        for hook, what in self._NAMED_HOOKS.items():
+            owners: dict[str, str] = {}
+            mine: list[str] = []
+            for plugin, result in self.collect(hook):
+                keys = (
+                    [k.lower() for k in result]
+                    if isinstance(result, dict)
+                    else [item.name for item in result]
+                )
+                if plugin == name:
+                    mine = keys
+                else:
+                    for key in keys:
+                        owners.setdefault(key, plugin)
+            for key in mine:
+                if key in owners:
+                    return (
+                        f"plugin {name!r} provides the {what} {key!r}, which plugin "
+                        f"{owners[key]!r} already provides; rename it in the plugin"
+                    )
+        return None
+
     def unregister(self, name: str) -> PluginInfo:
         """Forget a plugin (active, quarantined or disabled) and return its last info.
 
         Its shutdown hook is not called here; ``await shutdown(daemon, plugins=[name])`` first.
+        A plugin loaded from a directory has its modules dropped too.
         """
         info = self._infos.pop(name, None)
         if info is None:
@@ -245,6 +372,9 @@ class PluginHost:
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin=plugin, name=name)
+        loaded = self._dirs.pop(name, None)
+        if loaded is not None:
+            unload(loaded)
         if name in self._started:
             self._started.remove(name)
         return info.model_copy(deep=True)

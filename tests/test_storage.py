@@ -18,7 +18,7 @@ from ploinkyd.backup.storage import Backend, ObjectInfo, RetryingBackend, open_b
 from ploinkyd.backup.storage_file import FileBackend
 from ploinkyd.backup.storage_memory import MemoryBackend
 from ploinkyd.errors import ObjectNotFound, StorageError, UserError
-from tests.backend_contract import BackendContract
+from ploinkyd.testing.backend_contract import BackendContract
 
 
 def _no_sleep(delay: float) -> None:

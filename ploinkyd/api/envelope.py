@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
-from ploinkyd.errors import PloinkyError
+from ploinkyd.errors import PloinkyError, UserError
 
 log = logging.getLogger("ploinkyd.api")
 
 REQUEST_ID = "X-Request-Id"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -113,3 +116,23 @@ def float_param(request: web.Request, name: str, default: float | None, hi: floa
 
         raise UserError(f"query parameter {name!r} must be a number from 0 to {hi:g}, got {raw!r}")
     return value
+
+
+async def read_model(request: web.Request, model: type[M], *, empty_ok: bool = False) -> M:
+    """The JSON body validated as ``model``; a bad body is a 400 naming each bad field."""
+    from ploinkyd.kinds import describe_validation, validation_details
+
+    raw = await request.read()
+    if not raw.strip() and empty_ok:
+        return model()
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise UserError(
+            f"invalid request body: {describe_validation(exc)}",
+            details={"errors": validation_details(exc)},
+        ) from None

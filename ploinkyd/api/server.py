@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ploinkyd import metrics
 from ploinkyd.api.agents import routes as agent_routes
 from ploinkyd.api.envelope import envelope_middleware, float_param, paginate
+from ploinkyd.api.plugins import routes as plugin_routes
 from ploinkyd.api.tiles import routes as tile_routes
 from ploinkyd.errors import NotFoundError, TaskError, UserError
 from ploinkyd.kinds import describe_validation, validation_details
@@ -177,11 +178,6 @@ async def _wait_for(d: Daemon, queue: str, task_id: str, timeout: float) -> dict
         delay = min(delay * 2, 0.2)
 
 
-async def plugins(request: web.Request) -> web.Response:
-    report = [p.model_dump(mode="json") for p in _daemon(request).plugins.report()]
-    return web.json_response(paginate(request, report))
-
-
 async def prometheus(request: web.Request) -> web.Response:
     body = metrics.render(_daemon(request))
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
@@ -203,12 +199,12 @@ def build_app(daemon: Daemon) -> web.Application:
             web.get("/v1/queues/{queue}/tasks", list_tasks),
             web.get("/v1/tasks/{queue}/{id}", get_task),
             web.delete("/v1/tasks/{queue}/{id}", cancel_task),
-            web.get("/v1/plugins", plugins),
             web.get("/metrics", prometheus),
         ]
     )
     app.add_routes(tile_routes)
     app.add_routes(agent_routes)
+    app.add_routes(plugin_routes)
     by_plugin: dict[str, list[web.RouteDef]] = {}
     for plugin, route in daemon.plugins.api_routes():
         by_plugin.setdefault(plugin, []).append(route)

@@ -55,6 +55,13 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key.strip(), value
+
+
 def repo_options(suppress: bool) -> argparse.ArgumentParser:
     """``--repo``, ``--password-file``, ``--password-command``, ``--lock-wait``: accepted before
     and after the action (``main``'s trick: the copy given to actions has no defaults, so a
@@ -66,6 +73,17 @@ def repo_options(suppress: bool) -> argparse.ArgumentParser:
     g.add_argument("--password-file", metavar="FILE", help="read the password from FILE", **kw)
     g.add_argument(
         "--password-command", metavar="CMD", help="run CMD, its output is the password", **kw
+    )
+    option_default: dict[str, Any] = {"default": argparse.SUPPRESS if suppress else []}
+    g.add_argument(
+        "-o",
+        "--option",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_option,
+        help="a storage backend option, e.g. -o endpoint=http://127.0.0.1:9000 (repeatable; "
+        "see the backend plugin's README)",
+        **option_default,
     )
     g.add_argument(
         "--lock-wait",
@@ -123,16 +141,19 @@ class BackupCli:
     @cached_property
     def plugins(self) -> PluginHost:
         try:  # a broken config file must not stand between an operator and a restore
-            disabled = load(self.args).config.plugins.disabled
+            host = PluginHost.from_config(load(self.args).config)
         except PloinkyError:
-            disabled = []
-        host = PluginHost(disabled=disabled)
+            host = PluginHost()
         host.load()
         return host
 
     @cached_property
     def schemes(self) -> dict[str, BackendFactory]:
         return self.plugins.storage_backends()
+
+    @cached_property
+    def options(self) -> dict[str, str]:
+        return dict(getattr(self.args, "option", None) or [])
 
     def strategy(self, name: str) -> BackupStrategy:
         return ops.strategy_named(name, self.plugins.backup_strategies())
@@ -150,7 +171,9 @@ class BackupCli:
         )
 
     def open(self) -> Repository:
-        return ops.open_repository(self.url, self.password(), schemes=self.schemes)
+        return ops.open_repository(
+            self.url, self.password(), schemes=self.schemes, options=self.options
+        )
 
     def init(self, compression: str) -> Repository:
         log_n = kdf_log_n()
@@ -159,5 +182,6 @@ class BackupCli:
             self.password(new=True),
             compression=compression,
             schemes=self.schemes,
+            options=self.options,
             log_n=log_n,
         )

@@ -21,6 +21,7 @@ from ploinkyd.cli import agents as agent_cli
 from ploinkyd.cli import backup as backup_cli
 from ploinkyd.cli import images as images_cli
 from ploinkyd.cli import output
+from ploinkyd.cli import plugins as plugins_cli
 from ploinkyd.cli import tiles as tiles_cli
 from ploinkyd.cli.common import client, load, read_json_arg
 from ploinkyd.config import load_config, validate_file
@@ -131,11 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("file", nargs="?", type=Path)
     cv.set_defaults(func=cmd_config_validate)
 
-    plug = sub.add_parser("plugin", help="plugins", parents=[common])
-    psub = plug.add_subparsers(dest="plugin_command", metavar="ACTION", required=True)
-    psub.add_parser(
-        "list", help="each plugin, its hooks and any error", parents=[common]
-    ).set_defaults(func=cmd_plugin_list)
+    plugins_cli.register(sub, common)
     tiles_cli.register(sub, common)
     images_cli.register(sub, common)
     agent_cli.register(sub, common)
@@ -148,11 +145,10 @@ def _plugin_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Let plugins add commands; a broken plugin is reported and the CLI keeps working."""
     from ploinkyd.plugins import PluginHost
 
-    try:  # flags are not parsed yet: files and environment decide what is disabled
-        disabled = load_config().config.plugins.disabled
+    try:  # flags are not parsed yet: files and environment decide which plugins load
+        host = PluginHost.from_config(load_config().config)
     except PloinkyError:
-        disabled = []  # the command itself will report the bad config
-    host = PluginHost(disabled=disabled)
+        host = PluginHost()  # the command itself will report the bad config
     host.load()
     host.add_cli_commands(sub)
 
@@ -344,36 +340,6 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     else:
         print(f"ok: {target}")
     return 0
-
-
-def cmd_plugin_list(args: argparse.Namespace) -> int:
-    """Ask the running daemon; without one, load the plugins here and report them."""
-    from ploinkyd.errors import DaemonUnavailable
-
-    try:
-        plugins = client(args).get("/v1/plugins")["data"]
-    except (DaemonUnavailable, PloinkyError):
-        from ploinkyd.plugins import PluginHost
-
-        host = PluginHost(disabled=load(args).config.plugins.disabled)
-        host.load()
-        host.task_kinds()  # calling the hook is what reveals a raising plugin
-        plugins = [p.model_dump(mode="json") for p in host.report()]
-    if args.json:
-        output.emit_json({"data": plugins})
-    else:
-        rows = [
-            {
-                "name": p["name"],
-                "status": p["status"],
-                "source": p["source"],
-                "hooks": ", ".join(h.removeprefix("ploinkyd_") for h in p["hooks"]),
-                "error": (p.get("error") or {}).get("message", ""),
-            }
-            for p in plugins
-        ]
-        output.table(rows, ["name", "status", "source", "hooks", "error"])
-    return 1 if any(p["status"] == "quarantined" for p in plugins) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -113,7 +113,7 @@ def _explain_locally(args: argparse.Namespace, body: Any) -> dict[str, Any]:
     from ploinkyd.tiles.graph import parse_pipeline
 
     config = load(args).config
-    host = PluginHost(disabled=config.plugins.disabled)
+    host = PluginHost.from_config(config)
     host.load()
     pipeline, _ = pipeline_of(body)
     plan = compile_graph(parse_pipeline(pipeline), host.tile_operators(), config.tiles.image)
