@@ -447,3 +447,46 @@ def test_a_local_directory_inside_a_repository_installs_that_subdirectory(tmp_pa
     entry = repos.fetch_new(str(mono.work / "plugins" / "greet"))
     assert entry.name == "greet" and entry.subdirectory == "plugins/greet"
     assert (repos.plugin_dir(entry) / "ploinky-plugin.toml").exists()
+
+
+def test_only_admins_may_change_plugins(tmp_path: Path, daemon: DaemonProc) -> None:
+    """Another local user who can reach the socket may list plugins, not install them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    repo = PluginRepo(tmp_path, "greet")
+    repo.commit("v1", greet_files())
+    # pytest's base temp directory is private to root; let the other user through.
+    for path in [*tmp_path.parents[:3], tmp_path, daemon.runtime, repo.bare.parent, repo.bare]:
+        if path != Path("/tmp"):
+            path.chmod(path.stat().st_mode | 0o711)
+    daemon.socket.chmod(0o666)
+    script = (
+        "import json, sys\n"
+        "from ploinkyd.client import Client, ApiError\n"
+        f"c = Client({str(daemon.socket)!r})\n"
+        "print(len(c.get('/v1/plugins')['data']))\n"
+        "try:\n"
+        f"    c.request('POST', '/v1/plugins', body={{'url': {str(repo.bare)!r}}})\n"
+        "except ApiError as exc:\n"
+        "    print(exc.http_status, exc.message)\n"
+    )
+    res = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        env={**daemon.env, "HOME": "/"},
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    count, denied = res.stdout.splitlines()
+    assert int(count) >= 4
+    assert denied.startswith("403 ") and "needs the admin role; uid 65534" in denied, denied
+    assert not (daemon.state / "plugins" / "plugins.lock").exists()
