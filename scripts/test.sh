@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+bash scripts/test-servers.sh
 
 echo "==> ruff check"
 .venv/bin/ruff check .
