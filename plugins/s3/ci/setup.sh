@@ -4,7 +4,7 @@
 # no apt packages are needed) and the type stubs mypy uses for boto3. Safe to run again.
 set -euo pipefail
 VENV="${1:-.venv}"
-"$VENV/bin/python" -m pip install --quiet --upgrade \
+"$VENV/bin/python" -m pip install --quiet \
     "boto3>=1.36" \
     "moto[server]>=5.0" \
     "boto3-stubs[s3]>=1.36"
