@@ -27,6 +27,9 @@ class LoadedDir:
     root: Path
     manifest: PluginManifest
     paths: list[str] = field(default_factory=list)
+    # Modules already imported before (by a test, or the plugin's own code imported directly):
+    # not ours to drop.
+    preexisting: frozenset[str] = frozenset()
 
 
 def _inside(module: ModuleType, roots: list[Path]) -> bool:
@@ -38,7 +41,7 @@ def _inside(module: ModuleType, roots: list[Path]) -> bool:
 
 
 def _roots(loaded: LoadedDir) -> list[Path]:
-    return [Path(p).resolve() for p in loaded.paths]
+    return [Path(p).resolve() for p in [str(loaded.root), *loaded.paths]]
 
 
 def check_module_names(root: Path, manifest: PluginManifest) -> None:
@@ -64,11 +67,12 @@ def import_dir(root: Path, manifest: PluginManifest, site: Path | None = None) -
     Returns the namespace to register. Any exception from the plugin's own code propagates (the
     host quarantines it); on failure nothing stays on ``sys.path``.
     """
-    loaded = LoadedDir(root, manifest)
+    loaded = LoadedDir(root, manifest, preexisting=frozenset(sys.modules))
     check_module_names(root, manifest)
-    loaded.paths.append(str(root))
-    sys.path.insert(0, str(root))
-    if site is not None and site.is_dir():
+    if str(root) not in sys.path:
+        loaded.paths.append(str(root))
+        sys.path.insert(0, str(root))
+    if site is not None and site.is_dir() and str(site) not in sys.path:
         # After the daemon's own site-packages: a plugin's requirement never replaces a library
         # ploinkyd itself runs on.
         loaded.paths.append(str(site))
@@ -107,7 +111,7 @@ def unload(loaded: LoadedDir) -> None:
     """Forget the directory's modules and take its paths off ``sys.path``."""
     roots = _roots(loaded)
     for name, module in list(sys.modules.items()):
-        if module is not None and _inside(module, roots):
+        if name not in loaded.preexisting and module is not None and _inside(module, roots):
             del sys.modules[name]
     for path in loaded.paths:
         while path in sys.path:
