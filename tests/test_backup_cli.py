@@ -12,7 +12,6 @@ import random
 import select
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import textwrap
@@ -23,24 +22,11 @@ from typing import Any
 
 import pytest
 
+from ploinkyd.testing.backup_cli import cli_env, make_tree, restored, run_backup, tree_state
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
 EXIT_USAGE, EXIT_DAMAGED, EXIT_NOT_FOUND, EXIT_CONFLICT = 2, 3, 4, 5
-
-
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLOINKY_", "NOTIFY_SOCKET"))}
-    env.update(
-        HOME=str(home),
-        PYTHONPATH=str(REPO_ROOT),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_STATE_HOME=str(home / ".state"),
-        XDG_RUNTIME_DIR=str(home / ".run"),
-        # The lowest scrypt cost the CLI accepts: key files in seconds would slow every test.
-        PLOINKY_BACKUP_KDF_LOG_N="10",
-    )
-    env.update(extra)
-    return env
 
 
 class Bk:
@@ -54,17 +40,7 @@ class Bk:
     def run(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [sys.executable, "-m", "ploinkyd", "backup", *args],
-            env=env or self.env,
-            cwd=self.root,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert "Traceback" not in res.stderr, res.stderr
-        return res
+        return run_backup(env or self.env, *args, cwd=self.root, timeout=timeout)
 
     def ok(self, *args: str, env: dict[str, str] | None = None) -> str:
         res = self.run(*args, env=env)
@@ -83,7 +59,7 @@ class Bk:
 @pytest.fixture
 def bk(tmp_path: Path) -> Bk:
     repo = tmp_path / "repo"
-    env = clean_env(tmp_path / "home", PLOINKY_REPOSITORY=str(repo), PLOINKY_PASSWORD=PASSWORD)
+    env = cli_env(tmp_path / "home", password=PASSWORD, PLOINKY_REPOSITORY=str(repo))
     return Bk(tmp_path, repo, env)
 
 
@@ -91,40 +67,6 @@ def bk(tmp_path: Path) -> Bk:
 def repo(bk: Bk) -> Bk:
     bk.ok("init")
     return bk
-
-
-def make_tree(root: Path) -> Path:
-    (root / "docs" / "sub").mkdir(parents=True)
-    (root / "docs" / "a.txt").write_text("alpha\n" * 200)
-    (root / "docs" / "sub" / "b.txt").write_text("beta\n")
-    (root / "docs" / "sub" / "b.txt").chmod(0o640)
-    (root / "empty").write_bytes(b"")
-    # Above the archiver's whole-file limit, so the content-defined chunker runs too.
-    (root / "big.bin").write_bytes(random.Random(7).randbytes(700_000))
-    (root / "link").symlink_to("docs/a.txt")
-    os.link(root / "docs" / "a.txt", root / "hard")
-    return root
-
-
-def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, path.read_bytes())
-    return out
-
-
-def restored(target: Path, src: Path) -> Path:
-    """Where a source directory lands under a restore target (trees mirror absolute paths)."""
-    return target / str(src).lstrip("/")
 
 
 # ---- repository life cycle ----------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Test support that plugin authors can reuse: the storage backend contract suite.
+"""Test support that plugin authors can reuse: the storage backend contract suite
+(``backend_contract``, needs pytest), a ``ploinkyd backup`` CLI round trip with tree
+comparison (``backup_cli``) and the storage benchmark loops (``storage_bench``).
 
-Importing these modules needs pytest (the ``test`` extra); ploinkyd itself never imports them.
+ploinkyd itself never imports these modules.
 """

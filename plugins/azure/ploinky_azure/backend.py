@@ -8,6 +8,8 @@ belong to :class:`~ploinkyd.backup.storage.RetryingBackend`, which needs failure
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -26,8 +28,9 @@ from .settings import AzureSettings, resolve
 from .transport import make_transport
 
 # A tail read learns the size first and then reads under that blob's ETag; if the blob was
-# replaced in between, it starts over this many times before calling it a transient failure.
-TAIL_READ_ATTEMPTS = 5
+# replaced in between, it starts over (after a short random pause, so two racing writers and
+# readers fall out of step) this many times before calling it a transient failure.
+TAIL_READ_ATTEMPTS = 20
 
 
 def make_service(settings: AzureSettings) -> BlobServiceClient:
@@ -124,6 +127,7 @@ class AzureBackend:
                 except HttpResponseError as exc:
                     if status_of(exc) != 412:
                         raise
+                time.sleep(random.uniform(0.001, 0.02))
             raise StorageError(
                 f"object {name} in {self.url} kept changing while it was read",
                 details={"name": name, "url": self.url},

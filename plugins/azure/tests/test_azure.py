@@ -4,11 +4,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import stat
-import subprocess
 import sys
 import threading
 import time
@@ -29,9 +26,9 @@ from ploinky_azure.settings import resolve  # noqa: E402
 
 from ploinkyd.backup.storage import Backend, ObjectInfo, RetryingBackend  # noqa: E402
 from ploinkyd.errors import ObjectNotFound, StorageError, UserError  # noqa: E402
+from ploinkyd.testing import backup_cli  # noqa: E402
 from ploinkyd.testing.backend_contract import BackendContract  # noqa: E402
 
-REPO_ROOT = PLUGIN_DIR.parents[1]
 FAST = {"connect_timeout": "2", "read_timeout": "3"}
 
 
@@ -398,72 +395,8 @@ def test_bad_settings_are_user_errors(url: str, options: dict[str, str], says: s
 # --- through ploinkyd -----------------------------------------------------------------------
 
 
-def make_tree(root: Path) -> Path:
-    rng = random.Random(11)
-    (root / "docs" / "deep").mkdir(parents=True)
-    (root / "docs" / "a.txt").write_text("alpha\n" * 500)
-    (root / "docs" / "deep" / "b.bin").write_bytes(rng.randbytes(900_000))
-    (root / "docs" / "deep" / "b.bin").chmod(0o640)
-    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
-    (root / "run.sh").chmod(0o755)
-    (root / "empty").write_bytes(b"")
-    return root
-
-
-def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
-    out: dict[str, tuple[Any, ...]] = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        rel = str(path.relative_to(root))
-        if stat.S_ISDIR(st.st_mode):
-            out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-        else:
-            out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, path.read_bytes())
-    return out
-
-
 def ploinkyd_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PLOINKY_", "NOTIFY_SOCKET", "AZURE_STORAGE_"))
-    }
-    env.update(
-        HOME=str(home),
-        PYTHONPATH=str(REPO_ROOT),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_STATE_HOME=str(home / ".state"),
-        XDG_RUNTIME_DIR=str(home / ".run"),
-        PLOINKY_PLUGINS__PATHS=f'["{PLUGIN_DIR}"]',
-        PLOINKY_PASSWORD="correct horse battery",
-        PLOINKY_BACKUP_KDF_LOG_N="10",
-    )
-    env.update(extra)
-    return env
-
-
-def option_flags(options: dict[str, str]) -> list[str]:
-    return [flag for key, value in options.items() for flag in ("-o", f"{key}={value}")]
-
-
-def run_backup(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(
-        [sys.executable, "-m", "ploinkyd", "backup", *args],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "Traceback" not in res.stderr, res.stderr
-    return res
-
-
-def backup(env: dict[str, str], cwd: Path, *args: str) -> str:
-    res = run_backup(env, cwd, *args)
-    assert res.returncode == 0, (args, res.returncode, res.stdout, res.stderr)
-    return res.stdout
+    return backup_cli.cli_env(home, plugins=[PLUGIN_DIR], clear=("AZURE_STORAGE_",), **extra)
 
 
 @pytest.mark.parametrize("credentials", ["env", "options"])
@@ -473,18 +406,12 @@ def test_cli_round_trip(azurite: AzuriteServer, tmp_path: Path, credentials: str
         env = ploinkyd_env(
             tmp_path / "home", AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string
         )
-        repo = ["--repo", url]
+        repo = backup_cli.repo_args(url)
     else:
         env = ploinkyd_env(tmp_path / "home")
-        opts = azurite.options(read_timeout="30")
-        repo = ["--repo", url, *option_flags(opts)]
-    src = make_tree(tmp_path / "src")
-    backup(env, tmp_path, "init", *repo)
-    backup(env, tmp_path, "create", str(src), *repo)
-    backup(env, tmp_path, "verify", "--read-data", *repo)
-    target = tmp_path / "restored"
-    backup(env, tmp_path, "restore", "latest", "--target", str(target), *repo)
-    assert tree_state(target / str(src).lstrip("/")) == tree_state(src)
+        repo = backup_cli.repo_args(url, azurite.options(read_timeout="30"))
+    src = backup_cli.make_tree(tmp_path / "src", big=900_000)
+    backup_cli.round_trip(src, tmp_path / "restored", env, repo)
     names = {i.name for i in open_azure(azurite, url).list("")}
     assert "config" in names and any(n.startswith("data/") for n in names)
 
@@ -493,10 +420,10 @@ def test_cli_reports_a_wrong_key_cleanly(azurite: AzuriteServer, tmp_path: Path)
     url = f"azure://{new_container(azurite)}/r"
     bad = azurite.connection_string.replace(DEV_KEY, WRONG_KEY)
     env = ploinkyd_env(tmp_path / "home", AZURE_STORAGE_CONNECTION_STRING=bad)
-    res = run_backup(env, tmp_path, "init", "--repo", url)
+    res = backup_cli.run_backup(env, "init", "--repo", url)
     assert res.returncode == 1
     assert "connection_string (from AZURE_STORAGE_CONNECTION_STRING)" in res.stderr
-    flags = option_flags(azurite.options(account_key=WRONG_KEY))
-    res = run_backup(ploinkyd_env(tmp_path / "home"), tmp_path, "init", "--repo", url, *flags)
+    repo = backup_cli.repo_args(url, azurite.options(account_key=WRONG_KEY))
+    res = backup_cli.run_backup(ploinkyd_env(tmp_path / "home"), "init", *repo)
     assert res.returncode == 1
     assert "check account_key for storage account devstoreaccount1" in res.stderr

@@ -3,12 +3,7 @@ versus permanent failures, and a full ``ploinkyd backup`` round trip through the
 
 from __future__ import annotations
 
-import json
-import os
-import random
 import socket
-import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,11 +20,10 @@ from ploinky_gcs.backend import GcsBackend
 
 from ploinkyd.backup.storage import Backend, RetryingBackend
 from ploinkyd.errors import ObjectNotFound, StorageError, UserError
+from ploinkyd.testing import backup_cli
 from ploinkyd.testing.backend_contract import BackendContract
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
-REPO_ROOT = PLUGIN_DIR.parents[1]
-PASSWORD = "correct horse battery"
 
 
 def _no_sleep(delay: float) -> None:
@@ -281,95 +275,28 @@ def test_foreign_names_are_not_listed(emulator: GcsEmulator) -> None:
 # --- through ploinkyd ----------------------------------------------------------------------------
 
 
-def make_tree(root: Path) -> Path:
-    rng = random.Random(5)
-    (root / "docs" / "sub").mkdir(parents=True)
-    (root / "docs" / "a.txt").write_text("alpha\n" * 500)
-    (root / "docs" / "sub" / "b.txt").write_text("beta\n")
-    (root / "docs" / "sub" / "b.txt").chmod(0o640)
-    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
-    (root / "run.sh").chmod(0o755)
-    (root / "empty").write_bytes(b"")
-    # Larger than a pack, so packs are ranged-read on restore and verify.
-    (root / "big.bin").write_bytes(rng.randbytes(3_000_000))
-    (root / "link").symlink_to("docs/a.txt")
-    return root
-
-
-def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, path.read_bytes())
-    return out
-
-
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PLOINKY_", "NOTIFY_SOCKET", "GOOGLE_", "STORAGE_EMULATOR"))
-    }
-    env.update(
-        HOME=str(home),
-        PYTHONPATH=str(REPO_ROOT),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_STATE_HOME=str(home / ".state"),
-        XDG_RUNTIME_DIR=str(home / ".run"),
-        PLOINKY_BACKUP_KDF_LOG_N="10",
-        PLOINKY_PASSWORD=PASSWORD,
-        PLOINKY_PLUGINS__PATHS=json.dumps([str(PLUGIN_DIR)]),
+    return backup_cli.cli_env(
+        home, plugins=[PLUGIN_DIR], clear=("GOOGLE_", "STORAGE_EMULATOR"), **extra
     )
-    env.update(extra)
-    return env
-
-
-def backup(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ploinkyd", "backup", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    res = backup(env, *args)
-    assert res.returncode == 0, (args, res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr, res.stderr
-    return res.stdout
 
 
 def test_cli_round_trip(emulator: GcsEmulator, tmp_path: Path) -> None:
     bucket = emulator.create_bucket(new_bucket())
-    src = make_tree(tmp_path / "src")
-    target = tmp_path / "restored"
-    repo = ["--repo", f"gs://{bucket}/backups/main"]
+    url = f"gs://{bucket}/backups/main"
     # The endpoint once by -o, once by the SDK's own environment variable.
-    by_option = cli_env(tmp_path / "home")
     by_env = cli_env(
         tmp_path / "home2", STORAGE_EMULATOR_HOST=emulator.endpoint.removeprefix("http://")
     )
-    opt = ["-o", f"endpoint={emulator.endpoint}", "-o", "timeout=30"]
-
-    ok(by_option, "init", *repo, *opt)
-    created = json.loads(ok(by_option, "create", str(src), *repo, *opt, "--json"))
-    assert created["summary"]["bytes_read"] >= 3_000_000
-    ok(by_env, "verify", "--read-data", *repo)
-    ok(by_env, "restore", "latest", "--target", str(target), *repo)
-
-    # Restored trees mirror absolute source paths under the target.
-    assert tree_state(target / str(src).lstrip("/")) == tree_state(src)
+    done = backup_cli.round_trip(
+        backup_cli.make_tree(tmp_path / "src", big=3_000_000),
+        tmp_path / "restored",
+        cli_env(tmp_path / "home"),
+        backup_cli.repo_args(url, {"endpoint": emulator.endpoint, "timeout": "30"}),
+        later_env=by_env,
+        later_repo=["--repo", url],
+    )
+    assert done.create["summary"]["bytes_read"] >= 3_000_000
 
     root = GcsBackend.from_url(f"gs://{bucket}", {"endpoint": emulator.endpoint})
     names = {i.name for i in root.list("")}
@@ -382,7 +309,7 @@ def test_cli_reports_a_missing_bucket_without_traceback(
     emulator: GcsEmulator, tmp_path: Path
 ) -> None:
     env = cli_env(tmp_path / "home")
-    res = backup(
+    res = backup_cli.run_backup(
         env, "init", "--repo", "gs://t-no-such-bucket/x", "-o", f"endpoint={emulator.endpoint}"
     )
     assert res.returncode != 0

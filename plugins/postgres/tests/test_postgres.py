@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -29,10 +28,10 @@ from postgres_server import (
 
 from ploinkyd.backup.storage import Backend, ObjectInfo, RetryingBackend
 from ploinkyd.errors import StorageError, UserError
+from ploinkyd.testing import backup_cli
 from ploinkyd.testing.backend_contract import BackendContract
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
-REPO_ROOT = PLUGIN_DIR.parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -369,82 +368,24 @@ def test_put_while_the_server_restarts_lands_once(lone_pg: PostgresServer) -> No
 # --- the ploinkyd CLI round trip ---------------------------------------------------------------
 
 
-def make_tree(root: Path) -> None:
-    (root / "docs" / "sub").mkdir(parents=True)
-    (root / "docs" / "a.txt").write_text("alpha\n" * 5000)
-    (root / "docs" / "sub" / "b.txt").write_text("beta\n")
-    (root / "docs" / "sub" / "b.txt").chmod(0o640)
-    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
-    (root / "run.sh").chmod(0o755)
-    (root / "empty").write_bytes(b"")
-    (root / "big.bin").write_bytes(os.urandom(3_000_000))
-    (root / "link").symlink_to("docs/a.txt")
-
-
-def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
-    out: dict[str, tuple[object, ...]] = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            out[rel] = ("link", os.readlink(path))
-        elif path.is_dir():
-            out[rel] = ("dir", st.st_mode)
-        else:
-            out[rel] = ("file", st.st_mode, path.read_bytes())
-    return out
-
-
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PLOINKY_", "NOTIFY_SOCKET", "PG"))
-    }
-    env.update(
-        HOME=str(home),
-        PYTHONPATH=str(REPO_ROOT),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_STATE_HOME=str(home / ".state"),
-        XDG_RUNTIME_DIR=str(home / ".run"),
-        PLOINKY_BACKUP_KDF_LOG_N="10",
-        PLOINKY_PASSWORD="correct horse battery",
-        PLOINKY_PLUGINS__PATHS=f'["{PLUGIN_DIR}"]',
-    )
-    env.update(extra)
-    return env
-
-
-def ploinkyd(env: dict[str, str], cwd: Path, *args: str) -> str:
-    res = subprocess.run(
-        [sys.executable, "-m", "ploinkyd", "backup", *args],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stdout, res.stderr)
-    return res.stdout
+    return backup_cli.cli_env(home, plugins=[PLUGIN_DIR], clear=("PG",), **extra)
 
 
 def test_cli_round_trip(pg: PostgresServer, tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    make_tree(source)
-    target = tmp_path / "target"
     table = new_table()
     env = cli_env(tmp_path / "home", PGPASSWORD=PASSWORD)
-    repo = ("--repo", pg.url(), "-o", f"table={table}")
     try:
-        ploinkyd(env, tmp_path, "init", *repo)
-        ploinkyd(env, tmp_path, "create", str(source), *repo)
-        ploinkyd(env, tmp_path, "verify", "--read-data", *repo)
-        ploinkyd(env, tmp_path, "restore", "latest", "--target", str(target), *repo)
-        restored = next(p for p in target.rglob("big.bin")).parent
-        assert tree_state(restored) == tree_state(source)
+        backup_cli.round_trip(
+            backup_cli.make_tree(tmp_path / "source", big=3_000_000),
+            tmp_path / "target",
+            env,
+            backup_cli.repo_args(pg.url(), {"table": table}),
+        )
         # The password as an option instead of PGPASSWORD; the table in the URL.
         env.pop("PGPASSWORD")
-        listing = ploinkyd(
-            env, tmp_path, "list", "--repo", pg.url(table), "-o", "password=" + PASSWORD
+        listing = backup_cli.backup(
+            env, "list", *backup_cli.repo_args(pg.url(table), {"password": PASSWORD})
         )
         assert listing.strip()
     finally:
@@ -453,15 +394,6 @@ def test_cli_round_trip(pg: PostgresServer, tmp_path: Path) -> None:
 
 def test_cli_reports_a_wrong_password_cleanly(pg: PostgresServer, tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", PGPASSWORD="not-it")
-    res = subprocess.run(
-        [sys.executable, "-m", "ploinkyd", "backup", "init", "--repo", pg.url(new_table())],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = backup_cli.run_backup(env, "init", "--repo", pg.url(new_table()), timeout=120)
     assert res.returncode != 0
-    assert "Traceback" not in res.stderr
     assert "PGPASSWORD" in res.stderr and "not-it" not in res.stderr, res.stderr

@@ -4,23 +4,18 @@ contract, transient vs permanent failures, and a full ``ploinkyd backup`` round 
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
-import stat
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import pytest
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
-REPO_ROOT = PLUGIN_DIR.parents[1]
 sys.path[:0] = [str(PLUGIN_DIR), str(Path(__file__).resolve().parent)]
 
 from ploinky_s3 import S3Backend  # noqa: E402
@@ -29,9 +24,9 @@ from s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server  # noqa
 
 from ploinkyd.backup.storage import Backend, ObjectInfo, RetryingBackend  # noqa: E402
 from ploinkyd.errors import ObjectNotFound, StorageError, UserError  # noqa: E402
+from ploinkyd.testing import backup_cli  # noqa: E402
 from ploinkyd.testing.backend_contract import BackendContract  # noqa: E402
 
-PASSWORD = "s3 test password"
 FAST = {"connect_timeout": "1", "read_timeout": "2"}
 
 
@@ -359,96 +354,31 @@ def test_bad_credentials_are_permanent_and_name_the_settings(
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PLOINKY_", "NOTIFY_SOCKET", "AWS_"))
-    }
-    env.update(
-        HOME=str(home),
-        PYTHONPATH=str(REPO_ROOT),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_STATE_HOME=str(home / ".state"),
-        XDG_RUNTIME_DIR=str(home / ".run"),
-        PLOINKY_PLUGINS__PATHS=json.dumps([str(PLUGIN_DIR)]),
-        PLOINKY_PASSWORD=PASSWORD,
-        PLOINKY_BACKUP_KDF_LOG_N="10",
-        # No instance-metadata probing for credentials on a machine that is not in a cloud.
-        AWS_EC2_METADATA_DISABLED="true",
+    # No instance-metadata probing for credentials on a machine that is not in a cloud.
+    return backup_cli.cli_env(
+        home, plugins=[PLUGIN_DIR], clear=("AWS_",), AWS_EC2_METADATA_DISABLED="true", **extra
     )
-    env.update(extra)
-    return env
-
-
-def backup(env: dict[str, str], *args: str, timeout: float = 600) -> str:
-    res = subprocess.run(
-        [sys.executable, "-m", "ploinkyd", "backup", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert res.returncode == 0, (args, res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr, res.stderr
-    return res.stdout
-
-
-def make_tree(root: Path, seed: int = 1) -> Path:
-    rng = random.Random(seed)
-    (root / "docs" / "sub").mkdir(parents=True)
-    (root / "docs" / "a.txt").write_text("alpha\n" * 500)
-    (root / "docs" / "sub" / "b.txt").write_text("beta\n")
-    (root / "docs" / "sub" / "b.txt").chmod(0o640)
-    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
-    (root / "run.sh").chmod(0o755)
-    (root / "empty").write_bytes(b"")
-    (root / "big.bin").write_bytes(rng.randbytes(3_000_000))
-    (root / "zeros.bin").write_bytes(bytes(1_000_000))
-    (root / "link").symlink_to("docs/a.txt")
-    return root
-
-
-def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), path.read_bytes())
-    return out
 
 
 def test_backup_round_trip_through_the_cli(server: S3Server, tmp_path: Path) -> None:
     """init and create take the endpoint from the URL and credentials from AWS_* variables;
     verify and restore, on "another machine", get everything through ``-o KEY=VALUE``."""
     bucket = new_bucket(server)
-    repo = f"s3://{bucket}/backups/main?endpoint={server.endpoint}&region={REGION}"
     env = cli_env(
         tmp_path / "home",
         AWS_ACCESS_KEY_ID=ACCESS_KEY_ID,
         AWS_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
     )
-    src = make_tree(tmp_path / "src")
-
-    created = json.loads(backup(env, "--repo", repo, "init", "--json"))
-    assert created["url"].startswith(f"s3://{bucket}/backups/main")
-    snap = json.loads(backup(env, "--repo", repo, "create", str(src), "--json"))
-    assert snap["status"] == "complete"
-
-    other = cli_env(tmp_path / "other-home")
-    opts = [f"-o{k}={v}" for k, v in server.options().items()]
-    plain = f"s3://{bucket}/backups/main"
-    backup(other, "--repo", plain, *opts, "verify", "--read-data")
-    target = tmp_path / "restore"
-    backup(other, "--repo", plain, *opts, "restore", "latest", "--target", str(target))
-    assert tree_state(target / str(src).lstrip("/")) == tree_state(src)
+    done = backup_cli.round_trip(
+        backup_cli.make_tree(tmp_path / "src", big=3_000_000),
+        tmp_path / "restore",
+        env,
+        ["--repo", f"s3://{bucket}/backups/main?endpoint={server.endpoint}&region={REGION}"],
+        later_env=cli_env(tmp_path / "other-home"),
+        later_repo=backup_cli.repo_args(f"s3://{bucket}/backups/main", server.options()),
+    )
+    assert done.init["url"].startswith(f"s3://{bucket}/backups/main")
+    assert done.create["status"] == "complete"
 
     client = server.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import stat
 import sys
 import time
 import uuid
@@ -27,6 +26,7 @@ from sftp_server import SftpServer, SshdMissing, write_key
 from ploinkyd.backup.storage import Backend, ObjectInfo, RetryingBackend, open_backend
 from ploinkyd.errors import ObjectNotFound, StorageError, UserError
 from ploinkyd.testing.backend_contract import BackendContract
+from ploinkyd.testing.backup_cli import make_tree, repo_args, round_trip
 
 
 def new_server() -> SftpServer:
@@ -375,53 +375,14 @@ def test_permission_denied_is_permanent(sftp_server: SftpServer) -> None:
 # --- through the CLI ---------------------------------------------------------------------------
 
 
-def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
-    out: dict[str, tuple[object, ...]] = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        rel = str(path.relative_to(root))
-        if stat.S_ISLNK(st.st_mode):
-            out[rel] = ("link", os.readlink(path))
-        elif stat.S_ISDIR(st.st_mode):
-            out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-        else:
-            out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, path.read_bytes())
-    return out
-
-
-def make_tree(root: Path) -> Path:
-    rng = random.Random(11)
-    (root / "docs" / "sub").mkdir(parents=True)
-    (root / "docs" / "a.txt").write_text("alpha\n" * 500)
-    (root / "docs" / "sub" / "b.txt").write_text("beta\n")
-    (root / "docs" / "sub" / "b.txt").chmod(0o640)
-    (root / "docs" / "run.sh").write_text("#!/bin/sh\necho hi\n")
-    (root / "docs" / "run.sh").chmod(0o755)
-    (root / "empty").write_bytes(b"")
-    (root / "big.bin").write_bytes(rng.randbytes(3_000_000))
-    for i in range(30):
-        (root / "docs" / f"n{i}.dat").write_bytes(rng.randbytes(rng.randrange(1, 40_000)))
-    (root / "link").symlink_to("docs/a.txt")
-    return root
-
-
 def test_cli_round_trip(sftp_server: SftpServer, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    env = cli_env(home)
-    src = make_tree(tmp_path / "src")
-    target = tmp_path / "restored"
-    repo = sftp_server.url(sftp_server.new_dir())
-    opts = sftp_server.options()
-
-    backup_cli(env, repo, opts, "init")
-    snap = backup_cli(env, repo, opts, "create", str(src))
-    assert snap["summary"]["files_new"] == 35
-    verified = backup_cli(env, repo, opts, "verify", "--read-data")
-    assert verified["ok"] is True and verified["errors"] == []
-    backup_cli(env, repo, opts, "restore", "latest", "--target", str(target))
-    # A restore mirrors the absolute source paths under the target.
-    assert tree_state(target / str(src).lstrip("/")) == tree_state(src)
+    done = round_trip(
+        make_tree(tmp_path / "src", big=3_000_000, small_files=30),
+        tmp_path / "restored",
+        cli_env(tmp_path / "home"),
+        repo_args(sftp_server.url(sftp_server.new_dir()), sftp_server.options()),
+    )
+    assert done.create["summary"]["files_new"] == 35
 
 
 def test_cli_reports_a_permanent_error_cleanly(sftp_server: SftpServer, tmp_path: Path) -> None:
