@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, ValidationError
 
+from ploinkyd.config import PluginsConfig
 from ploinkyd.errors import ConflictError, NotFoundError, PluginError
 from ploinkyd.plugin_manifest import PluginManifest, read_manifest
 
@@ -226,13 +227,14 @@ def _toplevel(path: Path) -> Path | None:
 class PluginRepos:
     """The git plugin cache under ``<state>/plugins``; all methods block (git, pip, disk)."""
 
-    def __init__(self, state_dir: Path, config: object) -> None:
+    def __init__(self, state_dir: Path, config: PluginsConfig | None = None) -> None:
+        config = config or PluginsConfig()
         self.root = Path(state_dir) / "plugins"
         self.repos = self.root / "repos"
         self.site = self.root / "site"
         self.lock_path = self.root / LOCK_NAME
-        self.allow: list[str] = list(getattr(config, "allow", ["https://*", "/*"]))
-        self.timeout_s: float = float(getattr(config, "git_timeout_s", 120.0))
+        self.allow: list[str] = list(config.allow)
+        self.timeout_s: float = config.git_timeout_s
         # Problems met while loading at start (a missing checkout, say), for status and list.
         self.problems: dict[str, str] = {}
 

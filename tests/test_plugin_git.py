@@ -142,7 +142,7 @@ def test_ref_pins_a_tag_or_commit_and_update_moves_it(tmp_path: Path) -> None:
     res = cli("plugin", "install", f"{repo.bare}@v1.0")
     assert res.returncode == 0, res.stderr
     assert "no daemon is running" in res.stdout
-    repos = PluginRepos(state, object())
+    repos = PluginRepos(state)
     assert repos.entry("greet").commit == v1
     res = cli("plugin", "update", "greet")
     assert res.returncode == 0 and "already at" in res.stdout, res.stdout + res.stderr
@@ -319,7 +319,7 @@ def test_forbidden_sources_are_refused_before_git_runs(
     from ploinkyd.plugin_repos import PluginRepos
 
     marker = tmp_path / "pwned"
-    repos = PluginRepos(tmp_path / "state", object())
+    repos = PluginRepos(tmp_path / "state")
     with pytest.raises(PluginError) as caught:
         repos.fetch_new(url.format(marker=marker))
     assert expected in caught.value.message
@@ -347,7 +347,7 @@ def test_submodules_are_not_fetched(tmp_path: Path) -> None:
         "vendored",
     )
     repo.commit("with a submodule")
-    repos = PluginRepos(tmp_path / "state", object())
+    repos = PluginRepos(tmp_path / "state")
     entry = repos.fetch_new(str(repo.bare))
     checkout = repos.checkout_dir(entry)
     assert (checkout / ".gitmodules").exists()
@@ -443,7 +443,7 @@ def test_a_local_directory_inside_a_repository_installs_that_subdirectory(tmp_pa
     mono.commit("mono", files)
     source = check_source(parse_source(str(mono.work / "plugins" / "greet")), ["/*"])
     assert source.url == str(mono.work.resolve()) and source.subdirectory == "plugins/greet"
-    repos = PluginRepos(tmp_path / "state", object())
+    repos = PluginRepos(tmp_path / "state")
     entry = repos.fetch_new(str(mono.work / "plugins" / "greet"))
     assert entry.name == "greet" and entry.subdirectory == "plugins/greet"
     assert (repos.plugin_dir(entry) / "ploinky-plugin.toml").exists()
