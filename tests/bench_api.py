@@ -44,6 +44,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ploinkyd.testing.servers import free_port
 from tests.daemon_harness import DaemonProc, new_daemon
 
 ENDPOINTS = ("/v1/health", "/v1/status")
@@ -83,12 +84,6 @@ def emit(obj: dict[str, Any]) -> None:
 
 def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tcp_listening(host: str, port: int, timeout: float) -> bool:

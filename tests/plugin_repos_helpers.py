@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import subprocess
 import textwrap
-import time
 import zipfile
 from pathlib import Path
+
+from ploinkyd.testing.servers import free_port, wait_listening
 
 GIT_ID = ["-c", "user.email=dev@example.invalid", "-c", "user.name=dev"]
 
@@ -87,12 +87,6 @@ def greet_files(
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class GitServer:
     """``git daemon`` serving a directory of bare repositories on loopback (git://)."""
 
@@ -119,14 +113,8 @@ class GitServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"git daemon did not listen on port {self.port}")
+        wait_listening(self.port, proc=self.proc, what="git daemon")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,14 +8,14 @@ its containers and blobs intact (that is how the tests play an outage).
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
 from azure.storage.blob import BlobServiceClient
+
+from ploinkyd.testing.servers import free_port, wait_listening
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 AZURITE_BIN = PLUGIN_DIR / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -23,13 +23,6 @@ AZURITE_BIN = PLUGIN_DIR / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's well-known development account, published in its documentation.
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def azurite_binary() -> Path:
@@ -96,20 +89,11 @@ class AzuriteServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"azurite-blob exited with {self.proc.returncode}: "
-                    + self.log.read_text(errors="replace")[-2000:]
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"azurite-blob did not listen on port {self.port} in {timeout}s")
+        try:
+            wait_listening(self.port, proc=self.proc, timeout=timeout, what="azurite-blob")
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}: " + self.log.read_text(errors="replace")[-2000:]) from None
 
     def stop(self) -> None:
         """Stop gracefully (Azurite saves its metadata database on the way out)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+from ploinkyd.testing.servers import free_port
 
 SETUP_HINT = "install it with: bash plugins/gcs/ci/setup.sh .venv"
 
@@ -44,13 +45,6 @@ storage.Storage._write_config_to_file = _write_unless_in_memory
 from gcp_storage_emulator.__main__ import main
 main(sys.argv[1:])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def emulator_missing() -> str | None:

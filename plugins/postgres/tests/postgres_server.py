@@ -14,7 +14,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
+
+from ploinkyd.testing.servers import free_port
 
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "super-secret-pw"
@@ -64,13 +65,6 @@ def find_bindir() -> Path:
         f"{candidates or 'PG_BINDIR, pg_config --bindir or /usr/lib/postgresql/*/bin'}; "
         + SETUP_HINT
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class PostgresServer:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
+from ploinkyd.testing.servers import free_port
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -36,13 +37,6 @@ ACCESS_KEY_ID = "ploinky-test-key"
 SECRET_ACCESS_KEY = "ploinky-test-secret"
 REGION = "us-east-1"
 SETUP_HINT = "install it with: bash plugins/s3/ci/setup.sh .venv (pip install 'moto[server]')"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class S3Server:

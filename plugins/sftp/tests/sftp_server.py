@@ -20,6 +20,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ploinkyd.testing.servers import free_port
+
 SSHD = "/usr/sbin/sshd"  # sshd refuses to start unless run by its absolute path
 
 
@@ -42,12 +44,6 @@ def write_key(path: Path) -> str:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     return public.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SftpServer:
