@@ -333,6 +333,22 @@ class PluginRepos:
             # has none, which the resolve step reports.
             self._git(repo, "remote", "set-head", "origin", "--auto", network=True)
 
+    def _clone(self, root: Path, url: str, what: str) -> git.Repo:
+        """A new repository at ``root`` with ``url`` as origin, fetched; a fetch failure is a
+        :class:`PluginError` that starts with ``what``."""
+        import git
+
+        repo = git.Repo.init(root)
+        git.Git.check_unsafe_protocols(url)
+        self._git(repo, "remote", "add", "origin", "--", url)
+        try:
+            self._fetch(repo, url)
+        except git.GitCommandError as exc:
+            raise PluginError(
+                _git_error(what, exc), code="PLUGIN_FETCH_FAILED", details={"url": url}
+            ) from None
+        return repo
+
     def _resolve(self, repo: git.Repo, ref: str | None, url: str) -> str:
         import git
 
@@ -416,23 +432,12 @@ class PluginRepos:
     def fetch_new(self, spec: str, with_requires: bool = False) -> LockEntry:
         """Clone, pin and check out ``spec`` into the cache and install its requirements when
         asked. The plugin is not in ``plugins.lock`` yet: :meth:`record` or :meth:`discard`."""
-        import git
 
         source = check_source(parse_source(spec), self.allow)
         self.repos.mkdir(parents=True, exist_ok=True)
         tmp = self.repos / f".clone-{uuid.uuid4().hex[:12]}"
         try:
-            repo = git.Repo.init(tmp)
-            git.Git.check_unsafe_protocols(source.url)
-            self._git(repo, "remote", "add", "origin", "--", source.url)
-            try:
-                self._fetch(repo, source.url)
-            except git.GitCommandError as exc:
-                raise PluginError(
-                    _git_error(f"cannot fetch {source.url}", exc),
-                    code="PLUGIN_FETCH_FAILED",
-                    details={"url": source.url},
-                ) from None
+            repo = self._clone(tmp, source.url, f"cannot fetch {source.url}")
             sha = self._resolve(repo, source.ref, source.url)
             self._checkout(repo, sha)
             manifest = self._manifest(tmp, source)
@@ -574,21 +579,16 @@ class PluginRepos:
 
         root = self.checkout_dir(entry)
         shutil.rmtree(root, ignore_errors=True)
-        repo = git.Repo.init(root)
-        self._git(repo, "remote", "add", "origin", "--", entry.url)
+        what = f"the checkout of plugin {entry.name!r} is missing and {entry.url} cannot be fetched"
         try:
-            self._fetch(repo, entry.url)
-            self._checkout(repo, entry.commit)
-        except git.GitCommandError as exc:
+            repo = self._clone(root, entry.url, what)
+            try:
+                self._checkout(repo, entry.commit)
+            except git.GitCommandError as exc:
+                raise PluginError(_git_error(what, exc), code="PLUGIN_FETCH_FAILED") from None
+        except PluginError:
             shutil.rmtree(root, ignore_errors=True)
-            raise PluginError(
-                _git_error(
-                    f"the checkout of plugin {entry.name!r} is missing and {entry.url} cannot "
-                    "be fetched",
-                    exc,
-                ),
-                code="PLUGIN_FETCH_FAILED",
-            ) from None
+            raise
         return self.plugin_dir(entry)
 
     def source_of(self, entry: LockEntry) -> str:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ploinkyd.cli import output
 from ploinkyd.cli.common import client, load
 from ploinkyd.errors import DaemonUnavailable
+
+if TYPE_CHECKING:
+    from ploinkyd.plugins import PluginHost
 
 EXAMPLES = """\
 examples:
@@ -63,7 +66,7 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
     rem.set_defaults(func=cmd_remove)
 
 
-def _offline_host(args: argparse.Namespace) -> Any:
+def _offline_host(args: argparse.Namespace) -> PluginHost:
     from ploinkyd.plugins import PluginHost
 
     host = PluginHost.from_config(load(args).config)
