@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import grp
+import ipaddress
 import json
 import math
 import os
+import pwd
 import re
 import socket
 import tomllib
@@ -39,6 +42,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from ploinkyd.backup.retention import RetentionPolicy
 from ploinkyd.backup.schedule import CronSchedule
 from ploinkyd.errors import ConfigError, NotFoundError, UserError
+from ploinkyd.roles import Role
 
 MIB = 1024 * 1024
 DAY = 86400.0
@@ -57,7 +61,9 @@ _OTHERS = (
     "PASSWORD_COMMAND",
     "REPOSITORY",
     "BACKUP_KDF_LOG_N",  # ploinkyd backup's scrypt cost knob (cli/backup_repo.py)
-    "TOKEN",
+    "TOKEN",  # the CLI's bearer token for a TCP control API
+    "API_URL",  # the CLI's control API over TCP, instead of the socket
+    "API_CACERT",  # the CA bundle that signs the daemon's TLS certificate
     "DEBIAN_MIRROR",  # images build
     "DOCKER_WAIT_S",  # scripts/docker-engine.sh
 )
@@ -187,12 +193,52 @@ class QueueConfig(QueueSettings):
 
 
 class ApiConfig(_Section):
-    """``[api]``: where the control API listens."""
+    """``[api]``: where the control API listens, who may do what, and its limits.
+
+    On the unix socket the caller's uid decides its role: root and the daemon's own user are
+    admins, then ``uid_roles`` (user name or uid), then ``gid_roles`` (group name or gid, the
+    caller's supplementary groups too), then ``unix_role`` for anyone else who can reach the
+    socket (its mode lets in its owner and group only). On TCP only bearer tokens count.
+    """
 
     socket: UserPath | None = None
     socket_mode: str = "0660"
     listen_tcp: str | None = None
+    tls_cert: UserPath | None = None
+    tls_key: UserPath | None = None
     max_body_bytes: int = Field(4 * MIB, ge=1)
+    unix_role: Role | Literal["none"] = "operator"
+    uid_roles: dict[str, Role] = Field(default_factory=dict)
+    gid_roles: dict[str, Role] = Field(default_factory=dict)
+    # Per client (a token, a uid, or an address): requests per second, and the burst above it.
+    rate_limit: float = Field(200.0, ge=0)
+    rate_burst: int = Field(400, ge=1)
+    request_timeout: Duration = Field(60.0, gt=0)
+    audit_max_bytes: int = Field(16 * MIB, ge=4096)
+    audit_backups: int = Field(8, ge=1, le=1000)
+
+    @field_validator("uid_roles", mode="after")
+    @classmethod
+    def _known_users(cls, value: dict[str, Role]) -> dict[str, Role]:
+        return {_account(name, pwd.getpwnam, "user"): role for name, role in value.items()}
+
+    @field_validator("gid_roles", mode="after")
+    @classmethod
+    def _known_groups(cls, value: dict[str, Role]) -> dict[str, Role]:
+        return {_account(name, grp.getgrnam, "group"): role for name, role in value.items()}
+
+    @model_validator(mode="after")
+    def _tls_for_the_network(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key (a PEM certificate and its key)")
+        address = self.tcp_address()
+        if address is not None and self.tls_cert is None and not _loopback(address[0]):
+            # Bearer tokens in clear text on a network are as good as published.
+            raise ValueError(
+                f"listen_tcp = {self.listen_tcp!r} is not a loopback address, so tls_cert and "
+                "tls_key must be set; or listen on 127.0.0.1 / [::1] and put a TLS proxy in front"
+            )
+        return self
 
     @field_validator("socket_mode", mode="before")
     @classmethod
@@ -224,6 +270,26 @@ class ApiConfig(_Section):
         """``(host, port)`` of ``listen_tcp`` (IPv6 without brackets), or None when unset."""
         match = _HOST_PORT.fullmatch(self.listen_tcp) if self.listen_tcp else None
         return None if match is None else (match[1] or match[2], int(match[3]))
+
+
+def _account(name: str, lookup: Any, what: str) -> str:
+    """A uid/gid as a decimal string: numbers pass, names are looked up on this host."""
+    if name.isdigit():
+        return name
+    try:
+        entry = lookup(name)
+    except KeyError:
+        raise ValueError(f"no {what} named {name!r} on this host (give a name or a number)") from None
+    return str(entry[2])
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve anywhere
 
 
 class PluginsConfig(_Section):

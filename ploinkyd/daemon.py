@@ -27,6 +27,7 @@ from ploinkyd.backup.service import BackupService
 from ploinkyd.clock import Clock, SystemClock
 from ploinkyd.config import Config, LoadedConfig, QueueConfig
 from ploinkyd.errors import ConflictError, NotFoundError, PloinkyError
+from ploinkyd.events import EventBus
 from ploinkyd.kinds import TaskKind
 from ploinkyd.plugins import PluginHost
 from ploinkyd.queue.committer import GroupCommitter
@@ -101,6 +102,7 @@ class Daemon:
         self._background: list[asyncio.Task[None]] = []
         self.api: Any = None
         self.tiles: TileService | None = None
+        self.events = EventBus(self.identity.node)
         self.agents = AgentManager(self)
         self.backup = BackupService(self)
         # Lent to every task through TaskContext.services (the queue passes it on blindly).
@@ -153,6 +155,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self.events.bind(loop)
         self._take_instance_lock()
         try:
             # Handlers only set events; the loop below acts on them.
@@ -233,6 +236,7 @@ class Daemon:
             )
         self.ready, self.not_ready_reason = True, ""
         self.notifier.ready(self.status_line())
+        self.events.publish("daemon.ready", version=__version__, queues=len(self.queues))
         log.info(
             "ploinkyd %s ready: node %s, state %s, socket %s, queues %s",
             __version__,
@@ -291,6 +295,7 @@ class Daemon:
                 clock=self.clock,
                 stats=stats,
                 services=self.services,
+                events=self.events,
             )
             handle = QueueHandle(name, layout, runner, stats, watch)
             self.queues[name] = handle
@@ -328,7 +333,9 @@ class Daemon:
     async def reload(self) -> None:
         """Re-read config; apply queue changes and plugin settings without dropping tasks."""
         self.notifier.reloading()
+        self.events.publish("daemon.reloading")
         log.info("reloading configuration")
+        error: str | None = None
         try:
             if self._reload_config is not None:
                 loaded = await asyncio.to_thread(self._reload_config)
@@ -343,16 +350,23 @@ class Daemon:
             self.backup.configure(self.config.backup)
             self.backup.check_jobs()
             self.plugins.config_reloaded(self, self.config)
+            if self.api is not None:
+                self.api.reconfigure(self.config.api)
         except PloinkyError as exc:
             # A bad edit must not take a running daemon down: keep the old config.
             log.error("reload failed, keeping the running configuration: %s", exc.message)
+            error = exc.code
         self.notifier.ready(self.status_line())
+        self.events.publish("daemon.reloaded", ok=error is None, error=error)
 
     async def _shutdown(self) -> None:
         self.draining, self.ready = True, False
         self.not_ready_reason = "stopping"
         self.notifier.stopping(
             f"draining {sum(len(h.runner.running) for h in self.queues.values())} tasks"
+        )
+        self.events.publish(
+            "daemon.draining", running=sum(len(h.runner.running) for h in self.queues.values())
         )
         log.info("stopping: draining queues (grace %.0fs)", self.config.daemon.drain_timeout_s)
         grace = self.config.daemon.drain_timeout_s
@@ -369,6 +383,8 @@ class Daemon:
         await self.plugins.shutdown(self)
         if self.tiles is not None:
             await self.tiles.close()
+        # Open event streams end here, so the API's cleanup does not wait for their clients.
+        self.events.close()
         if self.api is not None:
             await self.api.stop()
         log.info("stopped")
@@ -457,7 +473,7 @@ class Daemon:
             "summary": self.status_line(),
             "inotify_overflows": self.watcher.overflows if self.watcher else 0,
             "queues": {name: self.queue_info(name) for name in sorted(self.queues)},
-            "plugins": [{"name": p.name, "status": p.status} for p in self.plugins.report()],
+            "plugins": self.plugins.statuses(),
             "tiles": self.tiles.status() if self.tiles is not None else None,
             "kinds": sorted(self._kinds),
             "backup": self.backup.status(),

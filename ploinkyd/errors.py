@@ -9,11 +9,13 @@ exit codes), a ``message`` a person can act on, and JSON-able ``details``::
     │   ├── TaskError            a task file or task input is invalid      (record code)
     │   ├── NotFoundError        unknown queue, task, plugin               (HTTP 404)
     │   ├── ConflictError        duplicate id, daemon already running     (HTTP 409)
-│   ├── ForbiddenError       the caller's role may not do this         (HTTP 403)
-│   └── PluginError          a plugin failed to load, a hook raised, a plugin source is refused
+    │   ├── UnauthorizedError    API credentials missing or not valid     (HTTP 401)
+    │   ├── ForbiddenError       the caller's role may not do this         (HTTP 403)
+    │   ├── RateLimitedError     too many API requests from one client    (HTTP 429)
+    │   └── PluginError          a plugin failed to load, a hook raised, a source is refused
     ├── TaskFailed           a task kind's run failed; ``retryable`` decides on a retry
     │   └── TaskDeferred         a dependency is down: requeue without spending an attempt
-        ├── StorageError         a backup storage backend failed; ``transient`` decides on a retry
+    ├── StorageError         a backup storage backend failed; ``transient`` decides on a retry
     │   └── ObjectNotFound       the named object does not exist (never retried)
     ├── RepositoryDamaged    a backup repository object fails its checks (bytes changed)
     ├── DaemonUnavailable    the CLI cannot reach the control socket       (exit 69)
@@ -82,6 +84,26 @@ class ForbiddenError(UserError):
     code = "FORBIDDEN"
     http_status = 403
     exit_code = 77  # EX_NOPERM
+
+
+class UnauthorizedError(UserError):
+    """Credentials are missing or not valid: send a (valid) bearer token."""
+
+    code = "UNAUTHORIZED"
+    http_status = 401
+    exit_code = 77
+
+
+class RateLimitedError(UserError):
+    """Too many requests from one client; ``retry_after_s`` says when one more is allowed."""
+
+    code = "RATE_LIMITED"
+    http_status = 429
+    exit_code = 75  # EX_TEMPFAIL
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, details={"retry_after_s": round(retry_after_s, 3)})
+        self.retry_after_s = retry_after_s
 
 
 class TaskFailed(PloinkyError):

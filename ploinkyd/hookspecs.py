@@ -254,8 +254,9 @@ def ploinkyd_api_routes() -> list[web.RouteDef]:
     Return a list (possibly empty) of :class:`aiohttp.web.RouteDef` (``web.get(...)``,
     ``web.post(...)`` or the routes of a ``web.RouteTableDef``). They are mounted under
     ``/v1/x/<plugin-name>/``: a route ``web.get("/stats", handler)`` of plugin ``thumbnails``
-    answers ``GET /v1/x/thumbnails/stats``. The API's authentication, roles, rate limits, audit
-    log and error envelope apply to them as to every other route.
+    answers ``GET /v1/x/thumbnails/stats``. The API's authentication, rate limits, request time
+    limit, audit log and error envelope apply to them as to every other route; reading
+    (GET/HEAD) needs the viewer role, anything else the operator role and is audited.
 
     Example::
 

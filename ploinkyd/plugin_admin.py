@@ -60,6 +60,11 @@ class _Steps:
         if self.daemon is not None:
             await self.host.shutdown(self.daemon, plugins=[name])
 
+    def announce(self, type: str, name: str, **data: Any) -> None:
+        """Tell the running daemon's event stream (nothing to tell without a daemon)."""
+        if self.daemon is not None:
+            self.daemon.events.publish(type, plugin=name, **data)
+
 
 def _repos(host: PluginHost) -> PluginRepos:
     if host.repos is None:
@@ -84,6 +89,7 @@ async def install(
         await steps.blocking(steps.repos.discard, entry)
         raise
     await steps.started(entry.name)
+    steps.announce("plugin.installed", entry.name, version=entry.version, commit=entry.commit)
     log.info(
         "plugin %s %s installed from %s", entry.name, entry.version, steps.repos.source_of(entry)
     )
@@ -119,6 +125,9 @@ async def update(
         raise
     await steps.blocking(steps.repos.record, new)
     await steps.started(name)
+    steps.announce(
+        "plugin.updated", name, version=new.version, commit=new.commit, previous=old.commit
+    )
     log.info("plugin %s updated %s -> %s", name, old.commit[:12], new.commit[:12])
     return PluginChange(action="update", plugin=info, installed=new, previous=old)
 
@@ -132,6 +141,7 @@ async def remove(host: PluginHost, name: str, *, daemon: Daemon | None = None) -
     await steps.blocking(steps.repos.forget, name)
     if daemon is not None:
         daemon.plugins_changed()
+    steps.announce("plugin.removed", name, version=entry.version, commit=entry.commit)
     log.info("plugin %s removed", name)
     return PluginChange(action="remove", previous=entry)
 

@@ -379,6 +379,10 @@ class PluginHost:
             self._started.remove(name)
         return info.model_copy(deep=True)
 
+    def statuses(self) -> list[dict[str, str]]:
+        """Each plugin's name and status, cheaply (``/v1/status`` asks on every call)."""
+        return [{"name": info.name, "status": info.status} for info in self._infos.values()]
+
     def report(self) -> list[PluginInfo]:
         """Every known plugin, in load order, quarantined and disabled ones included."""
         return [info.model_copy(deep=True) for info in self._infos.values()]

@@ -4,7 +4,9 @@
                               [--transport auto|tcp|unix]
 
 Starts a real ``ploinkyd run`` (process runner, scratch dirs) with ``[api] listen_tcp`` on a
-free loopback port, then for each endpoint measures:
+free loopback port and a viewer token, then for each endpoint measures, every request carrying
+``Authorization: Bearer`` so that token lookup, role check, rate limiter (set far above the
+load) and the audit hook are all on the measured path:
 
 - ``saturation``: requests/s with Debian's ``wrk`` (2 threads, ``--connections`` connections,
   ``--seconds``); installed with apt-get when missing and run as root, unless ``--no-install``;
@@ -45,6 +47,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ploinkyd.testing.servers import free_port
+from ploinkyd.tokens import TokenStore
 from tests.daemon_harness import DaemonProc, new_daemon
 
 ENDPOINTS = ("/v1/health", "/v1/status")
@@ -54,6 +57,7 @@ TARGET_RATE = 500.0
 WRK_THREADS = 2
 WARMUP_S = 1.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+HEADERS: dict[str, str] = {}  # the bearer token, once main() has made it
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,10 @@ def saturation_wrk(
 ) -> dict[str, Any]:
     url = transport.url(path)
     subprocess.run(
-        [wrk, "-t1", "-c4", f"-d{WARMUP_S:g}s", url], capture_output=True, check=True, timeout=60
+        [wrk, "-t1", "-c4", f"-d{WARMUP_S:g}s", *[f"-H{k}: {v}" for k, v in HEADERS.items()], url],
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
     cpu0 = cpu_seconds(daemon_pid)
     out = subprocess.run(
@@ -148,6 +155,7 @@ def saturation_wrk(
             "--timeout",
             "5s",
             "--latency",
+            *[f"-H{k}: {v}" for k, v in HEADERS.items()],
             url,
         ],
         capture_output=True,
@@ -187,7 +195,8 @@ async def saturation_closed_loop(
                 await resp.read()
                 counts["ok" if resp.status == 200 else "bad"] += 1
 
-    async with aiohttp.ClientSession(connector=transport.connector(connections)) as session:
+    connector = transport.connector(connections)
+    async with aiohttp.ClientSession(connector=connector, headers=HEADERS) as session:
         until = time.perf_counter() + WARMUP_S
         await asyncio.gather(*(worker(session, until) for _ in range(min(4, connections))))
         counts.update(ok=0, bad=0)
@@ -230,7 +239,9 @@ async def fixed_rate(
 
     connector = transport.connector(connections)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers=HEADERS
+    ) as session:
         # Open a few keep-alive connections first so the run does not time TCP handshakes.
         await asyncio.gather(
             *(one(session, time.perf_counter()) for _ in range(min(8, connections)))
@@ -274,11 +285,15 @@ def start_daemon(root: Path, port: int) -> DaemonProc:
     daemon = new_daemon(
         root,
         config={
-            "api": {"listen_tcp": f"127.0.0.1:{port}"},
+            "api": {"listen_tcp": f"127.0.0.1:{port}", "rate_limit": 1e9, "rate_burst": 10**9},
             "tiles": {"runner": "process"},
             "daemon": {"log_level": "warning"},
         },
     )
+    made = TokenStore(daemon.state / "api" / "tokens.json").create(
+        "bench", "viewer", created_by="bench_api"
+    )
+    HEADERS["Authorization"] = f"Bearer {made.token}"
     return daemon.start()
 
 

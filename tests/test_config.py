@@ -102,7 +102,7 @@ def test_documented_default_file_equals_built_in_defaults(layers: Layers) -> Non
     text = DOC_FILE.read_text()
     written = leaf_keys(tomllib.loads(text)) - {"queues"}
     commented = {"daemon.node_id", "daemon.state_dir", "daemon.runtime_dir", "api.socket"}
-    commented |= {"api.listen_tcp"}
+    commented |= {"api.listen_tcp", "api.tls_cert", "api.tls_key"}
     for key in commented:
         assert re.search(rf"^# {key.split('.')[-1]} = ", text, re.M), key
     expected = {k for k in built_in.sources if not k.startswith("queues.")}

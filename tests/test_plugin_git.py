@@ -488,5 +488,5 @@ def test_only_admins_may_change_plugins(tmp_path: Path, daemon: DaemonProc) -> N
     assert res.returncode == 0, res.stderr
     count, denied = res.stdout.splitlines()
     assert int(count) >= 4
-    assert denied.startswith("403 ") and "needs the admin role; uid 65534" in denied, denied
+    assert denied.startswith("403 ") and "needs the admin role; uid:65534" in denied, denied
     assert not (daemon.state / "plugins" / "plugins.lock").exists()

@@ -209,7 +209,7 @@ class AgentManager:
             raise NotFoundError(f"no agent named {name!r} (agents: {known})")
         return agent
 
-    async def start(self, name: str) -> AgentState:
+    async def start(self, name: str, *, announce: bool = True) -> AgentState:
         agent = self.get(name)
         self._stopped.discard(name)
         agent.state, agent.reason, agent.failures, agent.next_try = "running", None, 0, 0.0
@@ -218,9 +218,11 @@ class AgentManager:
         # A snapshot backup holding the agent quiet resumes its queue when it is done.
         self._queue_runner(agent, resume=not self.quiesced[name])
         await self._warm(agent)
+        if announce:
+            self._publish("agent.started", agent)
         return agent
 
-    async def stop(self, name: str) -> AgentState:
+    async def stop(self, name: str, *, announce: bool = True) -> AgentState:
         agent = self.get(name)
         self._stopped.add(name)
         agent.state, agent.reason = "stopped", None
@@ -229,13 +231,26 @@ class AgentManager:
         await self._let_running_finish(agent)
         if agent.state == "stopped":  # not started again meanwhile
             await self._retire_containers(agent)
+        if announce:
+            self._publish("agent.stopped", agent)
         return agent
 
     async def restart(self, name: str) -> AgentState:
-        await self.stop(name)
-        agent = await self.start(name)
+        await self.stop(name, announce=False)
+        agent = await self.start(name, announce=False)
         agent.restarts += 1
+        self._publish("agent.restarted", agent)
         return agent
+
+    def _publish(self, type: str, agent: AgentState, **data: Any) -> None:
+        self.daemon.events.publish(
+            type,
+            queue=agent.queue,
+            agent=agent.name,
+            state=agent.state,
+            restarts=agent.restarts,
+            **data,
+        )
 
     def _queue_runner(self, agent: AgentState, *, resume: bool) -> None:
         handle = self.daemon.queues.get(agent.queue)
@@ -293,12 +308,15 @@ class AgentManager:
         if failure is not None:
             self._failed(agent, failure[1])
             return
-        if agent.state == "failing":
+        recovered = agent.state == "failing"
+        if recovered:
             agent.restarts += 1
             log.info("agent %s: container back up", agent.name)
         agent.state, agent.failures = "running", 0
         if agent.reason is not None and agent.reason.startswith(_FAILING):
             agent.reason = None
+        if recovered:
+            self._publish("agent.restarted", agent, reason="container back up")
 
     async def _round_trip(self, call: TileCall) -> tuple[str, str] | None:
         """None, or the (code, message) of the failure."""
@@ -316,6 +334,9 @@ class AgentManager:
         backoff = min(self.daemon.config.agents.restart_backoff_max, 2.0 ** min(agent.failures, 10))
         agent.state, agent.reason = "failing", f"{_FAILING}{reason}"
         agent.next_try = time.monotonic() + backoff
+        self._publish(
+            "agent.failed", agent, reason=reason[:200], failures=agent.failures, retry_in_s=backoff
+        )
         log.warning(
             "agent %s: container failed (%s); retrying in %.0fs", agent.name, reason, backoff
         )

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
-
-from ploinkyd.errors import PloinkyError, UserError
 
 log = logging.getLogger("ploinkyd.api")
 
 REQUEST_ID = "X-Request-Id"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-M = TypeVar("M", bound=BaseModel)
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -50,24 +45,13 @@ def error_response(
     )
 
 
-@web.middleware
-async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get(REQUEST_ID) or secrets.token_hex(8)
-    request["request_id"] = request_id
-    try:
-        response = await handler(request)
-    except PloinkyError as exc:
-        return error_response(request_id, exc.http_status, exc.code, exc.message, exc.details)
-    except web.HTTPException as exc:  # aiohttp's own 404/405/413 get the envelope too
-        if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status, "HTTP_ERROR")
-        return error_response(request_id, exc.status, code, exc.reason, headers=None)
-    except Exception:
-        log.exception("request %s %s failed", request.method, request.path)
-        return error_response(request_id, 500, "INTERNAL", "internal error; see the daemon log")
-    response.headers[REQUEST_ID] = request_id
-    return response
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+def status_code(status: int) -> str:
+    """The envelope's ``code`` for an HTTP error aiohttp raised itself."""
+    return _HTTP_CODES.get(status, "HTTP_ERROR")
 
 
 def paginate(request: web.Request, items: Sequence[Any]) -> dict[str, Any]:
@@ -101,38 +85,3 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
             f"query parameter {name!r} must be an integer from {lo} to {hi}, got {raw!r}"
         )
     return value
-
-
-def float_param(request: web.Request, name: str, default: float | None, hi: float) -> float | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= hi:
-        from ploinkyd.errors import UserError
-
-        raise UserError(f"query parameter {name!r} must be a number from 0 to {hi:g}, got {raw!r}")
-    return value
-
-
-async def read_model(request: web.Request, model: type[M], *, empty_ok: bool = False) -> M:
-    """The JSON body validated as ``model``; a bad body is a 400 naming each bad field."""
-    from ploinkyd.kinds import describe_validation, validation_details
-
-    raw = await request.read()
-    if not raw.strip() and empty_ok:
-        return model()
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise UserError(
-            f"invalid request body: {describe_validation(exc)}",
-            details={"errors": validation_details(exc)},
-        ) from None

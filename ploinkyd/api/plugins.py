@@ -6,10 +6,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from ploinkyd import plugin_admin
-from ploinkyd.api.auth import require_admin
-from ploinkyd.api.envelope import paginate, read_model
+from ploinkyd.api import models
+from ploinkyd.api.envelope import paginate
+from ploinkyd.api.routes import Endpoints, body_of
+from ploinkyd.api.tasks import PageQuery
 
-routes = web.RouteTableDef()
+table = Endpoints("plugins")
 
 
 class InstallRequest(BaseModel):
@@ -31,7 +33,12 @@ def _daemon(request: web.Request):  # type: ignore[no-untyped-def]
     return request.app[DAEMON]
 
 
-@routes.get("/v1/plugins")
+@table.get(
+    "/v1/plugins",
+    summary="Installed plugins, their pins and problems",
+    query=PageQuery,
+    response=models.PluginPage,
+)
 async def list_plugins(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     page = paginate(request, plugin_admin.listing(daemon.plugins))
@@ -40,10 +47,20 @@ async def list_plugins(request: web.Request) -> web.Response:
     return web.json_response(page)
 
 
-@routes.post("/v1/plugins")
+# Plugin changes are bounded by [plugins] git_timeout_s, and cancelling one half-way would
+# leave a clone behind: no request timeout.
+@table.post(
+    "/v1/plugins",
+    summary="Install a plugin from a git repository or a local path",
+    role="admin",
+    action="plugin.install",
+    body=InstallRequest,
+    status=201,
+    response=plugin_admin.PluginChange,
+    timeout=False,
+)
 async def install_plugin(request: web.Request) -> web.Response:
-    require_admin(request, "installing a plugin")
-    body = await read_model(request, InstallRequest)
+    body = body_of(request, InstallRequest)
     daemon = _daemon(request)
     change = await plugin_admin.install(
         daemon.plugins, body.url, with_requires=body.with_requires, daemon=daemon
@@ -51,10 +68,18 @@ async def install_plugin(request: web.Request) -> web.Response:
     return web.json_response(change.model_dump(mode="json"), status=201)
 
 
-@routes.post("/v1/plugins/{name}/update")
+@table.post(
+    "/v1/plugins/{name}/update",
+    summary="Fetch a plugin's repository and move its pin",
+    role="admin",
+    action="plugin.update",
+    body=UpdateRequest,
+    body_optional=True,
+    response=plugin_admin.PluginChange,
+    timeout=False,
+)
 async def update_plugin(request: web.Request) -> web.Response:
-    require_admin(request, "updating a plugin")
-    body = await read_model(request, UpdateRequest, empty_ok=True)
+    body = body_of(request, UpdateRequest)
     daemon = _daemon(request)
     change = await plugin_admin.update(
         daemon.plugins, request.match_info["name"], ref=body.ref, daemon=daemon
@@ -62,9 +87,15 @@ async def update_plugin(request: web.Request) -> web.Response:
     return web.json_response(change.model_dump(mode="json"))
 
 
-@routes.delete("/v1/plugins/{name}")
+@table.delete(
+    "/v1/plugins/{name}",
+    summary="Unload and remove a plugin",
+    role="admin",
+    action="plugin.remove",
+    timeout=False,
+    response=plugin_admin.PluginChange,
+)
 async def remove_plugin(request: web.Request) -> web.Response:
-    require_admin(request, "removing a plugin")
     daemon = _daemon(request)
     change = await plugin_admin.remove(daemon.plugins, request.match_info["name"], daemon=daemon)
     return web.json_response(change.model_dump(mode="json"))

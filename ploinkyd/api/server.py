@@ -1,210 +1,185 @@
-"""The control API's basic endpoints (SPEC §8), served on ``<runtime>/control.sock``.
+"""The control API (SPEC §8): the app, its one middleware, and its listeners.
 
-Every mutation goes through the same code path as its file-drop equivalent: a submitted task is
-written into ``tasks/`` like a producer does; a cancel creates ``cancel/<id>``.
+Endpoints are declared in ``Endpoints`` tables (``ploinkyd.api.routes``), one per module; this
+module mounts them and runs every request through the same steps: request id, identity, role,
+rate limit, typed query and body, a time limit, the error envelope, and the audit line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
+import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from pydantic import ValidationError
+from aiohttp.web_urldispatcher import AbstractRoute
 
 from ploinkyd import metrics
-from ploinkyd.api.agents import routes as agent_routes
-from ploinkyd.api.envelope import envelope_middleware, float_param, paginate
-from ploinkyd.api.plugins import routes as plugin_routes
-from ploinkyd.api.tiles import routes as tile_routes
-from ploinkyd.errors import NotFoundError, TaskError, UserError
-from ploinkyd.kinds import describe_validation, validation_details
-from ploinkyd.queue import submit as producer
-from ploinkyd.queue.task import Task
+from ploinkyd.api import models
+from ploinkyd.api.envelope import REQUEST_ID, error_response, new_request_id, status_code
+from ploinkyd.api.routes import Endpoint, Endpoints, Handler, parse_inputs
+from ploinkyd.api.security import Guard, Principal, retry_after
+from ploinkyd.audit import AuditLog
+from ploinkyd.errors import PloinkyError, RateLimitedError, UserError
+from ploinkyd.tokens import TokenStore
 
 if TYPE_CHECKING:
+    from ploinkyd.config import ApiConfig
     from ploinkyd.daemon import Daemon
 
 log = logging.getLogger("ploinkyd.api")
 DAEMON = web.AppKey["Daemon"]("daemon")
-MAX_WAIT_S = 3600.0
-TASK_STATES = ("pending", "running", "succeeded", "failed", "finished", "all")
+GUARD = web.AppKey[Guard]("guard")
+ENDPOINTS = web.AppKey[dict[AbstractRoute, Endpoint]]("endpoints")
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+system = Endpoints("system")
 
 
-def _daemon(request: web.Request) -> Daemon:
-    return request.app[DAEMON]
-
-
+@system.get("/v1/health", summary="Liveness: the daemon answers", role=None, response=models.Health)
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+@system.get(
+    "/v1/ready",
+    summary="Readiness: queues are watched and tasks are served",
+    role=None,
+    response=models.Ready,
+)
 async def ready(request: web.Request) -> web.Response:
-    reason = _daemon(request).unready_reason()
+    reason = request.app[DAEMON].unready_reason()
     if reason is None:
         return web.json_response({"ready": True})
-    from ploinkyd.api.envelope import error_response
-
     return error_response(request["request_id"], 503, "NOT_READY", f"not ready: {reason}")
 
 
+@system.get(
+    "/v1/status",
+    summary="The daemon's status: queues, tiles, plugins, backups",
+    response=models.DaemonStatus,
+)
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(_daemon(request).status())
+    return web.json_response(request.app[DAEMON].status())
 
 
-async def queues(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    return web.json_response(paginate(request, [d.queue_info(n) for n in sorted(d.queues)]))
-
-
-async def queue_detail(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    info = d.queue_info(request.match_info["queue"])
-    stats = d.queue(request.match_info["queue"]).stats
-    info["by_kind"] = dict(stats.succeeded)
-    info["by_error"] = dict(stats.failed)
-    info["lock_takeovers"] = stats.lock_takeovers
-    info["rescans"] = stats.rescans
-    return web.json_response(info)
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json(loads=json.loads)
-    except ValueError as exc:
-        raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
-
-
-async def submit_task(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    handle = d.queue(request.match_info["queue"])
-    body = await _json_body(request)
-    if not isinstance(body, dict):
-        raise TaskError('the body must be a task object like {"kind": "echo", "input": ...}')
-    task_id = request.query.get("id")
-    try:
-        Task.model_validate(body)
-    except ValidationError as exc:
-        raise TaskError(
-            f"invalid task: {describe_validation(exc)}",
-            details={"errors": validation_details(exc)},
-        ) from None
-    if body.get("kind") not in d.kinds():
-        known = ", ".join(sorted(d.kinds()))
-        raise TaskError(
-            f"no task kind {body.get('kind')!r} is installed (known kinds: {known})",
-            code="UNKNOWN_KIND",
-        )
-    task_id = await asyncio.to_thread(producer.submit, handle.layout, body, task_id)
-    # link(2) raises only a create event, which alone would leave the file to settle first.
-    handle.runner.hint("tasks", f"{task_id}.json", closed=True)
-    wait = float_param(request, "wait", None, MAX_WAIT_S)
-    if wait:
-        result = await _wait_for(d, handle.name, task_id, wait)
-        unfinished = result["state"] in ("pending", "running")
-        return web.json_response(result, status=202 if unfinished else 200)
-    location = f"/v1/tasks/{handle.name}/{task_id}"
-    return web.json_response(
-        {"id": task_id, "queue": handle.name, "state": "pending", "location": location},
-        status=201,
-        headers={"Location": location},
-    )
-
-
-async def list_tasks(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    handle = d.queue(request.match_info["queue"])
-    state = request.query.get("state", "all")
-    if state not in TASK_STATES:
-        raise UserError(f"state must be one of {', '.join(TASK_STATES)}, got {state!r}")
-    ids = await asyncio.to_thread(producer.list_ids, handle.layout, state)
-    page = paginate(request, ids)
-    page["data"] = await asyncio.to_thread(_with_final_states, handle.layout, page["data"])
-    return web.json_response(page)
-
-
-def _with_final_states(layout: Any, items: list[tuple[str, str]]) -> list[dict[str, str]]:
-    """Tell cancelled from failed for the page's records (both live in errors/)."""
-    out = []
-    for tid, state in items:
-        if state == "failed":
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                state = json.loads(layout.record_file(tid, "errors").read_bytes())["status"]
-        out.append({"id": tid, "queue": layout.name, "state": state})
-    return out
-
-
-async def get_task(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    handle = d.queue(request.match_info["queue"])
-    task_id = request.match_info["id"]
-    wait = float_param(request, "wait", None, MAX_WAIT_S)
-    if wait:
-        return web.json_response(await _wait_for(d, handle.name, task_id, wait))
-    return web.json_response(await asyncio.to_thread(producer.lookup, handle.layout, task_id))
-
-
-async def cancel_task(request: web.Request) -> web.Response:
-    d = _daemon(request)
-    handle = d.queue(request.match_info["queue"])
-    task_id = request.match_info["id"]
-    await asyncio.to_thread(producer.request_cancel, handle.layout, task_id)
-    handle.runner.request_cancel(task_id)  # at once, without waiting for the file event
-    return web.json_response(
-        {"id": task_id, "queue": handle.name, "cancel_requested": True}, status=202
-    )
-
-
-async def _wait_for(d: Daemon, queue: str, task_id: str, timeout: float) -> dict[str, Any]:
-    """Poll until the task has a record (it may finish on another node) or time runs out."""
-    layout = d.queue(queue).layout
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        try:
-            info = await asyncio.to_thread(producer.lookup, layout, task_id)
-        except NotFoundError:
-            # Between the unlink of the task and a racing lookup the record is already there.
-            info = await asyncio.to_thread(producer.lookup, layout, task_id)
-        if info["state"] not in ("pending", "running") or time.monotonic() >= deadline:
-            return info
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.2)
-
-
+@system.get("/metrics", summary="Prometheus metrics", content_type="text/plain; version=0.0.4")
 async def prometheus(request: web.Request) -> web.Response:
-    body = metrics.render(_daemon(request))
+    body = metrics.render(request.app[DAEMON])
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
-def build_app(daemon: Daemon) -> web.Application:
+def tables() -> list[Endpoints]:
+    """Every endpoint table of the API, in the order the OpenAPI document lists them."""
+    from ploinkyd.api import admin, agents, backups, events, openapi, plugins, tasks, tiles
+
+    return [
+        system,
+        tasks.table,
+        agents.table,
+        plugins.table,
+        backups.table,
+        tiles.table,
+        events.table,
+        admin.table,
+        openapi.table,
+    ]
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    request_id = request.headers.get(REQUEST_ID) or new_request_id()
+    request["request_id"] = request_id
+    app = request.app
+    guard = app[GUARD]
+    route = request.match_info.route
+    endpoint = app[ENDPOINTS].get(route) if request.match_info.http_exception is None else None
+    principal: Principal | None = None
+    error: str | None = None
+    try:
+        principal = guard.identify(request)
+        request["principal"] = principal
+        guard.authorize(principal, endpoint, request.method)
+        guard.rate_limit(principal)
+        if endpoint is not None:
+            await parse_inputs(request, endpoint)
+        limit = _time_limit(request, endpoint, guard.config)
+        if limit is None:
+            response = await handler(request)
+        else:  # also aiohttp's 404/405 and plugins' routes, which have no endpoint
+            async with asyncio.timeout(limit):
+                response = await handler(request)
+    except PloinkyError as exc:
+        error = exc.code
+        headers = retry_after(exc) if isinstance(exc, RateLimitedError) else {}
+        if exc.http_status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="ploinkyd"'
+        response = error_response(
+            request_id, exc.http_status, exc.code, exc.message, exc.details, headers
+        )
+    except web.HTTPException as exc:  # aiohttp's own 404/405/413 get the envelope too
+        if exc.status < 400:
+            raise
+        error = status_code(exc.status)
+        keep = {k: v for k, v in exc.headers.items() if k in ("Allow",)}
+        response = error_response(request_id, exc.status, error, exc.reason, headers=keep)
+    except TimeoutError:
+        error = "TIMEOUT"
+        response = error_response(
+            request_id,
+            504,
+            error,
+            f"the request took longer than [api] request_timeout "
+            f"({guard.config.request_timeout:g} s) and was stopped",
+        )
+    except Exception:
+        log.exception("request %s %s failed", request.method, request.path)
+        error = "INTERNAL"
+        response = error_response(request_id, 500, error, "internal error; see the daemon log")
+    if not response.prepared:
+        response.headers[REQUEST_ID] = request_id
+    mutating = endpoint.mutating if endpoint is not None else request.method not in _READS
+    if response.status in (401, 403, 429) or mutating:
+        guard.audit(request, principal, endpoint, response.status, error, started)
+    return response
+
+
+def _time_limit(
+    request: web.Request, endpoint: Endpoint | None, config: ApiConfig
+) -> float | None:
+    if endpoint is None:
+        return config.request_timeout
+    if not endpoint.timeout:
+        return None
+    waits = [request.query.get(name) for name in ("wait", "timeout")] if request.query else []
+    extra = max((float(w) for w in waits if w is not None), default=0.0)
+    return config.request_timeout + extra  # the query model has already checked the numbers
+
+
+def build_app(daemon: Daemon, guard: Guard) -> web.Application:
     app = web.Application(
-        middlewares=[envelope_middleware], client_max_size=daemon.config.api.max_body_bytes
+        middlewares=[api_middleware], client_max_size=daemon.config.api.max_body_bytes
     )
     app[DAEMON] = daemon
-    app.add_routes(
-        [
-            web.get("/v1/health", health),
-            web.get("/v1/ready", ready),
-            web.get("/v1/status", status),
-            web.get("/v1/queues", queues),
-            web.get("/v1/queues/{queue}", queue_detail),
-            web.post("/v1/queues/{queue}/tasks", submit_task),
-            web.get("/v1/queues/{queue}/tasks", list_tasks),
-            web.get("/v1/tasks/{queue}/{id}", get_task),
-            web.delete("/v1/tasks/{queue}/{id}", cancel_task),
-            web.get("/metrics", prometheus),
-        ]
-    )
-    app.add_routes(tile_routes)
-    app.add_routes(agent_routes)
-    app.add_routes(plugin_routes)
+    app[GUARD] = guard
+    endpoints: dict[AbstractRoute, Endpoint] = {}
+    for table in tables():
+        for ep in table.items:
+            endpoints[app.router.add_route(ep.method, ep.path, ep.handler)] = ep
+    app[ENDPOINTS] = endpoints
+    _mount_plugin_routes(app, daemon)
+    return app
+
+
+def _mount_plugin_routes(app: web.Application, daemon: Daemon) -> None:
+    """Plugin routes under /v1/x/PLUGIN/; they need the viewer role to read and the operator
+    role to change anything (``authorize`` with no endpoint)."""
     by_plugin: dict[str, list[web.RouteDef]] = {}
     for plugin, route in daemon.plugins.api_routes():
         by_plugin.setdefault(plugin, []).append(route)
@@ -215,29 +190,69 @@ def build_app(daemon: Daemon) -> web.Application:
             app.add_subapp(f"/v1/x/{plugin}/", sub)
         except (ValueError, RuntimeError, TypeError) as exc:
             log.error("plugin %s: its API routes were not mounted: %s", plugin, exc)
-    return app
 
 
 class ApiServer:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.runner: web.AppRunner | None = None
+        cfg = daemon.config.api
+        self.tokens = TokenStore(daemon.state_dir / "api" / "tokens.json")
+        self.audit = AuditLog(
+            daemon.state_dir / "audit", max_bytes=cfg.audit_max_bytes, backups=cfg.audit_backups
+        )
+        self.guard = Guard(cfg, self.tokens, self.audit)
+        self.tcp_address: tuple[str, int] | None = None
+
+    def reconfigure(self, config: ApiConfig) -> None:
+        """Roles and limits apply at once; listeners and TLS files at the next start."""
+        self.guard.reconfigure(config)
 
     async def start(self) -> None:
         d = self.daemon
+        cfg = d.config.api
         path = d.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        sock = _bind_unix(str(path), d.config.api.socket_mode_bits)
-        self.runner = web.AppRunner(build_app(d), access_log=None, handle_signals=False)
+        sock = _bind_unix(str(path), cfg.socket_mode_bits)
+        self.runner = web.AppRunner(build_app(d, self.guard), access_log=None, handle_signals=False)
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
+        address = cfg.tcp_address()
+        if address is not None:
+            tls = _tls_context(cfg) if cfg.tls_cert is not None else None
+            site = web.TCPSite(self.runner, address[0], address[1], ssl_context=tls)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise UserError(
+                    f"cannot listen on {cfg.listen_tcp} ([api] listen_tcp): {exc.strerror}",
+                    code="LISTEN_FAILED",
+                ) from None
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            self.tcp_address = sockets[0].getsockname()[:2] if sockets else address
+            log.info("control API on %s://%s:%d", "https" if tls else "http", *self.tcp_address)
 
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        self.audit.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.daemon.socket_path)
+
+
+def _tls_context(cfg: ApiConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(
+            f"cannot load [api] tls_cert {cfg.tls_cert} / tls_key {cfg.tls_key}: {exc}",
+            code="INVALID_CONFIG",
+        ) from None
+    return ctx
 
 
 def _bind_unix(path: str, mode: int) -> socket.socket:

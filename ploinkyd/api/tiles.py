@@ -6,14 +6,29 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
+from ploinkyd.api import models
+from ploinkyd.api.envelope import paginate
+from ploinkyd.api.routes import Endpoints, query_of
+from ploinkyd.api.tasks import PageQuery
 from ploinkyd.errors import DaemonUnavailable, UserError
 
 if TYPE_CHECKING:
     from ploinkyd.daemon import Daemon
     from ploinkyd.tiles.service import TileService
 
-routes = web.RouteTableDef()
+table = Endpoints("tiles")
+
+
+class OperatorsQuery(PageQuery):
+    queue: str | None = Field(None, description="operators as seen from this queue's agents")
+
+
+class ExplainQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    queue: str | None = Field(None, description="compile as this queue would")
 
 
 def _tiles(request: web.Request) -> TileService:
@@ -25,16 +40,19 @@ def _tiles(request: web.Request) -> TileService:
     return daemon.tiles
 
 
-@routes.get("/v1/tiles")
+@table.get("/v1/tiles", summary="Tile runner status", response=models.TilesStatus)
 async def status(request: web.Request) -> web.Response:
     return web.json_response(_tiles(request).status())
 
 
-@routes.get("/v1/tiles/operators")
+@table.get(
+    "/v1/tiles/operators",
+    summary="Tile operators",
+    query=OperatorsQuery,
+    response=models.Page[models.OperatorInfo],
+)
 async def operators(request: web.Request) -> web.Response:
-    from ploinkyd.api.envelope import paginate
-
-    queue = request.query.get("queue")
+    queue = query_of(request, OperatorsQuery).queue
     rows = [
         {
             "name": name,
@@ -50,12 +68,18 @@ async def operators(request: web.Request) -> web.Response:
     return web.json_response(paginate(request, rows))
 
 
-@routes.get("/v1/tiles/cache")
+@table.get("/v1/tiles/cache", summary="Tile cache statistics", response=models.CacheStats)
 async def cache_stats(request: web.Request) -> web.Response:
     return web.json_response(_tiles(request).cache.stats())
 
 
-@routes.delete("/v1/tiles/cache")
+@table.delete(
+    "/v1/tiles/cache",
+    summary="Clear the tile cache",
+    role="operator",
+    action="tiles.cache.clear",
+    response=models.CacheCleared,
+)
 async def cache_clear(request: web.Request) -> web.Response:
     cache = _tiles(request).cache
     cleared = cache.stats().get("entries", 0)
@@ -63,16 +87,27 @@ async def cache_clear(request: web.Request) -> web.Response:
     return web.json_response({"cleared": cleared, **cache.stats()})
 
 
-@routes.get("/v1/tiles/containers")
+@table.get(
+    "/v1/tiles/containers",
+    summary="Warm tile containers",
+    query=PageQuery,
+    response=models.Page[models.ContainerInfo],
+)
 async def containers(request: web.Request) -> web.Response:
-    from ploinkyd.api.envelope import paginate
-
     runner: Any = _tiles(request).runner
     listing = runner.containers() if hasattr(runner, "containers") else []
     return web.json_response(paginate(request, listing))
 
 
-@routes.post("/v1/tiles/explain")
+@table.post(
+    "/v1/tiles/explain",
+    summary="Compile a pipeline and show its plan",
+    role="viewer",
+    readonly=True,
+    query=ExplainQuery,
+    request_schema=models.ExplainRequest,
+    response=models.Explained,
+)
 async def explain(request: web.Request) -> web.Response:
     """Body: a pipeline task, or just its ``input`` object. ``?format=text`` adds the text."""
     from ploinkyd.tiles.compiler import explain as explain_text
@@ -82,7 +117,7 @@ async def explain(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
     pipeline, queue = pipeline_of(body)
-    plan = _tiles(request).plan(pipeline, request.query.get("queue", queue))
+    plan = _tiles(request).plan(pipeline, query_of(request, ExplainQuery).queue or queue)
     out = plan.model_dump(mode="json")
     out["text"] = explain_text(plan)
     return web.json_response(out)

@@ -344,17 +344,33 @@ async def run_backup(ctx: TaskContext, data: BackupInput) -> dict[str, Any]:
     ctx.notes["backup"] = notes
     quiescer = service.quiescer(ctx, notes)
     clock = service.daemon.clock
+    service.started(
+        plan.job,
+        task=ctx.id,
+        queue=ctx.queue,
+        repository=plan.repository,
+        strategy=plan.strategy.name,
+    )
     try:
         out = await service.run(lambda cancel: _run_backup(service, plan, quiescer, cancel))
     except BaseException as exc:
         failure = task_failure(exc)
         info = failure.to_dict() if isinstance(failure, PloinkyError) else None
-        service.record(plan.job, _outcome(exc), task=ctx.id, finished_at=clock.time(), error=info)
+        service.record(
+            plan.job,
+            _outcome(exc),
+            task=ctx.id,
+            finished_at=clock.time(),
+            error=info,
+            queue=ctx.queue,
+        )
         if failure is exc:
             raise
         raise failure from None
     outcome = "succeeded" if out["status"] == "complete" else "partial"
-    service.record(plan.job, outcome, task=ctx.id, finished_at=clock.time(), snapshot=out)
+    service.record(
+        plan.job, outcome, task=ctx.id, finished_at=clock.time(), snapshot=out, queue=ctx.queue
+    )
     return out
 
 
@@ -386,7 +402,7 @@ async def _with_repository(ctx: TaskContext, repository: str, work: RepoWork) ->
         raise failure from None
 
 
-def _check_restore_target(service: BackupService, target: str) -> None:
+def check_restore_target(service: BackupService, target: str) -> None:
     roots = [service.daemon.state_dir / "restores", *service.config.restore_roots]
     # resolve(): a symlink inside an allowed root must not lead outside it.
     resolved = Path(target).resolve()
@@ -402,7 +418,7 @@ def _check_restore_target(service: BackupService, target: str) -> None:
 
 
 async def run_restore(ctx: TaskContext, data: RestoreInput) -> dict[str, Any]:
-    _check_restore_target(_service(ctx), data.target)
+    check_restore_target(_service(ctx), data.target)
 
     def work(repo: Repository, wait: float) -> dict[str, Any]:
         sid, result = ops.restore(

@@ -179,6 +179,19 @@ class BackupService:
 
     # ---- reporting ----------------------------------------------------------------------
 
+    def started(
+        self, job: str, *, task: str, queue: str | None, repository: str, strategy: str
+    ) -> None:
+        """A backup run begins (``backup.started`` on the event stream)."""
+        self.daemon.events.publish(
+            "backup.started",
+            queue=queue,
+            task=task,
+            job=job or None,
+            repository=repository,
+            strategy=strategy,
+        )
+
     def record(
         self,
         job: str,
@@ -188,7 +201,17 @@ class BackupService:
         finished_at: float,
         snapshot: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
+        queue: str | None = None,
     ) -> None:
+        self.daemon.events.publish(
+            "backup.finished",
+            queue=queue,
+            task=task,
+            job=job or None,
+            outcome=outcome,
+            snapshot=snapshot["snapshot"] if snapshot is not None else None,
+            code=error.get("code") if error is not None else None,
+        )
         label = job or ADHOC
         self.runs[(label, outcome)] += 1
         if snapshot is not None:

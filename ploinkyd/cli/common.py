@@ -33,7 +33,19 @@ def load(args: argparse.Namespace) -> LoadedConfig:
 
 
 def client(args: argparse.Namespace) -> Client:
-    return Client(load(args).config.resolved_socket())
+    """The daemon's API: over TCP with ``--url``/``PLOINKY_API_URL``, else the socket."""
+    url = getattr(args, "api_url", None) or os.environ.get("PLOINKY_API_URL")
+    token = os.environ.get("PLOINKY_TOKEN")
+    token_file = getattr(args, "token_file", None)
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
+    cafile = os.environ.get("PLOINKY_API_CACERT")
+    if url:
+        return Client(url=url, token=token, cafile=cafile)
+    return Client(load(args).config.resolved_socket(), token=token)
 
 
 def read_json_arg(file: str) -> Any:

@@ -18,11 +18,14 @@ from typing import Any
 
 from ploinkyd import __version__
 from ploinkyd.cli import agents as agent_cli
+from ploinkyd.cli import audit as audit_cli
 from ploinkyd.cli import backup as backup_cli
+from ploinkyd.cli import events as events_cli
 from ploinkyd.cli import images as images_cli
 from ploinkyd.cli import output
 from ploinkyd.cli import plugins as plugins_cli
 from ploinkyd.cli import tiles as tiles_cli
+from ploinkyd.cli import tokens as tokens_cli
 from ploinkyd.cli.common import client, load, read_json_arg
 from ploinkyd.config import load_config, validate_file
 from ploinkyd.errors import PloinkyError
@@ -54,6 +57,15 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     g.add_argument("--runtime-dir", type=Path, help="runtime dir (env PLOINKY_RUNTIME_DIR)", **kw)
     g.add_argument("--node-id", help="this node's id (env PLOINKY_NODE_ID)", **kw)
     g.add_argument("--socket", type=Path, help="control socket path", **kw)
+    g.add_argument(
+        "--url",
+        dest="api_url",
+        help="control API over TCP, e.g. http://127.0.0.1:8470 (env PLOINKY_API_URL)",
+        **kw,
+    )
+    g.add_argument(
+        "--token-file", type=Path, help="file holding a bearer token (env PLOINKY_TOKEN)", **kw
+    )
     g.add_argument("--json", action="store_true", help="print JSON instead of tables", **kw)
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], **kw)
     g.add_argument(
@@ -82,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("run", cmd_run, "run the daemon in the foreground")
     cmd("init", cmd_init, "create the state dir and the queues' directories")
-    cmd("status", cmd_status, "show the daemon's status")
+    events_cli.watch_options(cmd("status", cmd_status, "show the daemon's status"))
     cmd("version", cmd_version, "print the version")
 
     s = cmd("submit", cmd_submit, "submit a task file (or - for stdin) to a queue")
@@ -137,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     images_cli.register(sub, common)
     agent_cli.register(sub, common)
     backup_cli.register(sub, common)
+    events_cli.register(sub, common)
+    tokens_cli.register(sub, common)
+    audit_cli.register(sub, common)
     _plugin_commands(sub)
     return p
 
@@ -194,10 +209,19 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = client(args).get("/v1/status")
+    c = client(args)
+    if args.watch:
+        return events_cli.watch_status(args, c, render_status)
+    st = c.get("/v1/status")
     if args.json:
         output.emit_json(st)
         return 0
+    render_status(st)
+    return 0
+
+
+def render_status(st: dict[str, Any]) -> None:
+    """The human status screen (``status``, and each redraw of ``status --watch``)."""
     print(f"ploinkyd {st['version']} on {st['node']} (pid {st['pid']}): {st['summary']}")
     print(f"state dir {st['state_dir']}, socket {st['socket']}, up {st['uptime_s']:.0f}s")
     output.table(list(st["queues"].values()), output.QUEUE_COLUMNS)
@@ -206,7 +230,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         rows = [{**j, "last_result": (j.get("last_result") or {}).get("outcome")} for j in jobs]
         output.table(rows, BACKUP_JOB_COLUMNS)
-    return 0
 
 
 BACKUP_JOB_COLUMNS = ["name", "repository", "schedule", "next_run", "last_enqueued", "last_result"]

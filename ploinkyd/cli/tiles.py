@@ -97,7 +97,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except DaemonUnavailable:
         plan = _explain_locally(args, body)
     if args.json:
-        plan.pop("text", None)
         output.emit_json(plan)
     else:
         print(plan["text"])

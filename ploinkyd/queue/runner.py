@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ploinkyd.clock import Clock
 from ploinkyd.errors import TaskError
@@ -41,6 +41,9 @@ from ploinkyd.queue.task import (
     parse_task,
     raw_fields,
 )
+
+if TYPE_CHECKING:
+    from ploinkyd.events import EventBus
 
 log = logging.getLogger("ploinkyd.queue")
 
@@ -96,8 +99,10 @@ class QueueRunner:
         clock: Clock,
         stats: QueueStats,
         services: Mapping[str, Any] | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.layout, self.tuning, self.kinds = layout, tuning, kinds
+        self.events = events
         self.services: Mapping[str, Any] = services if services is not None else {}
         self.committer, self.me, self.clock, self.stats = committer, identity, clock, stats
         self.entries: dict[str, Entry] = {}
@@ -485,6 +490,14 @@ class QueueRunner:
                 return
             if await self._retried_elsewhere(run, task):
                 return
+            if self.events is not None:
+                self.events.publish(
+                    "task.started",
+                    queue=self.layout.name,
+                    task=entry.lock_id,
+                    kind=task.kind,
+                    attempt=entry.attempt,
+                )
             outcome = await run_attempt(
                 run,
                 task,
@@ -498,6 +511,14 @@ class QueueRunner:
                 await asyncio.to_thread(locks.release, self.layout, entry.lock_id)
                 self.held.discard(entry.lock_id)
                 self._forget(entry)
+                if self.events is not None:
+                    self.events.publish(
+                        "task.released",
+                        queue=self.layout.name,
+                        task=entry.lock_id,
+                        kind=task.kind,
+                        attempt=entry.attempt,
+                    )
                 return
             if outcome.defer_s is not None:
                 await self._retry(entry, obj, outcome, original_digest(raw, task), spend=False)
@@ -562,6 +583,16 @@ class QueueRunner:
         raw = json.dumps(obj).encode()
         ident = await asyncio.to_thread(self._rewrite, entry, raw)
         self.held.discard(entry.lock_id)
+        if self.events is not None:
+            self.events.publish(
+                "task.retrying" if spend else "task.deferred",
+                queue=self.layout.name,
+                task=entry.lock_id,
+                kind=obj.get("kind"),
+                attempt=entry.attempt,
+                delay_s=round(delay, 3),
+                code=(outcome.error or {}).get("code"),
+            )
         if spend:
             self.stats.retries += 1
             entry.attempt += 1
@@ -718,10 +749,26 @@ class QueueRunner:
             )
             await self._commit_until_durable(item)
             self.stats.count(record["status"], record.get("kind"), record.get("error"))
+            if self.events is not None and item.written:
+                self._announce(record)
         if cancel_id is not None:
             self.cancel_wanted.discard(cancel_id)
         self.held.discard(entry.lock_id)
         self._forget(entry)
+
+    def _announce(self, record: dict[str, Any]) -> None:
+        """``task.succeeded`` / ``task.failed`` / ``task.cancelled`` once the record is
+        durable: what a follower reads then is already in ``results/`` or ``errors/``."""
+        assert self.events is not None
+        data: dict[str, Any] = {"kind": record.get("kind"), "attempt": record.get("attempts")}
+        if "duration_ms" in record:
+            data["duration_ms"] = record["duration_ms"]
+        error = record.get("error")
+        if isinstance(error, dict):
+            data["code"] = error.get("code")
+        self.events.publish(
+            f"task.{record['status']}", queue=self.layout.name, task=record["id"], **data
+        )
 
     async def _commit_until_durable(self, item: Completion) -> None:
         """Retry a record that cannot be written (disk full, say) while keeping the lock."""

@@ -35,7 +35,8 @@ class TaskMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     attempts: int = 0
-    submitted_at: float | None = None
+    # Bounded: a record writes it as a date (a producer may set it too, by mistake).
+    submitted_at: float | None = Field(None, ge=0, lt=253402300800.0)  # before year 10000
     # Digest of the file as the producer wrote it, so that resubmitting those same bytes after
     # a retry rewrote the file is still recognised as the same task.
     original_sha256: str | None = None

@@ -1,4 +1,5 @@
-"""Task kinds for tests: ``sleep``, ``fail``, ``flaky`` and ``gated``."""
+"""Task kinds for tests: ``sleep``, ``fail``, ``flaky`` and ``gated``; and one API route,
+``GET /v1/x/testkinds/slow?s=SECONDS``, that answers after sleeping."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from pydantic import BaseModel, Field
 
 from ploinkyd.errors import TaskDeferred, TaskFailed
@@ -63,3 +65,14 @@ def ploinkyd_task_kinds() -> list[TaskKind]:
         TaskKind("gated", gated, input_model=GatedInput, description="deferred while gate exists"),
         TaskKind("flaky", flaky, input_model=FlakyInput, description="fails the first N attempts"),
     ]
+
+
+async def slow(request: web.Request) -> web.Response:
+    seconds = float(request.query.get("s", "0"))
+    await asyncio.sleep(seconds)
+    return web.json_response({"slept": seconds})
+
+
+@hookimpl
+def ploinkyd_api_routes() -> list[web.RouteDef]:
+    return [web.get("/slow", slow)]
