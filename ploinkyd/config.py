@@ -279,7 +279,9 @@ def _account(name: str, lookup: Any, what: str) -> str:
     try:
         entry = lookup(name)
     except KeyError:
-        raise ValueError(f"no {what} named {name!r} on this host (give a name or a number)") from None
+        raise ValueError(
+            f"no {what} named {name!r} on this host (give a name or a number)"
+        ) from None
     return str(entry[2])
 
 

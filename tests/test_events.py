@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,13 +15,15 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
 from ploinkyd.events import Event, EventBus, EventFilter, Subscription
-from tests.daemon_harness import DaemonProc, wait_until
+from tests.daemon_harness import REPO, DaemonProc, wait_until
+from tests.plugin_repos_helpers import PluginRepo, greet_files
 
 # ---- the SSE wire, read by hand (independent of ploinkyd.client) -------------------------------
 
@@ -96,6 +99,18 @@ def last_id(d: DaemonProc) -> int:
 
 def recent(d: DaemonProc, **query: Any) -> list[dict[str, Any]]:
     return list(d.client().get("/v1/events/recent", per_page=1000, **query)["data"])
+
+
+def wait_events(d: DaemonProc, n: int, **query: Any) -> list[dict[str, Any]]:
+    """The ``n`` matching events, once published (a record can be seen a moment before the
+    event that reports it, which waits until the record is durable)."""
+
+    def enough() -> list[dict[str, Any]] | None:
+        got = recent(d, **query)
+        return got if len(got) >= n else None
+
+    events: list[dict[str, Any]] = wait_until(f"{n} events {query}", enough)
+    return events
 
 
 def kinds_of(events: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
@@ -223,8 +238,10 @@ def test_failed_and_retried_tasks(daemon_factory: Callable[..., DaemonProc]) -> 
     d.drop("flaky", {"kind": "flaky", "input": {"fail_times": 1}, "max_attempts": 2})
     d.drop("junk", b"{not json")
     d.wait_records(3)
+    kept = wait_events(d, 7, since=since, type="task.*")
     with stream(d, since=since, type="task.*") as s:
-        got = s.events(len(recent(d, since=since, type="task.*")))
+        got = s.events(7)
+    assert got == kept
     by_task: dict[str, list[dict[str, Any]]] = {}
     for e in got:
         by_task.setdefault(e["task"], []).append(e)
@@ -252,11 +269,11 @@ def test_filters_by_type_pattern_and_queue(daemon_factory: Callable[..., DaemonP
     d.drop("b2", {"kind": "fail", "input": {"retryable": False}}, queue="other")
     d.wait_records(2, queue="other")
 
-    other_done = recent(d, since=since, queue="other", type="task.succ*,task.failed")
+    other_done = wait_events(d, 2, since=since, queue="other", type="task.succ*,task.failed")
     assert kinds_of(other_done) == [("task.succeeded", "b1"), ("task.failed", "b2")]
     with stream(d, since=since, queue="other", type="task.succ*,task.failed", limit=2) as s:
         assert s.events() == other_done
-    default_only = recent(d, since=since, queue="default")
+    default_only = wait_events(d, 2, since=since, queue="default")
     assert kinds_of(default_only) == [("task.started", "a1"), ("task.succeeded", "a1")]
     assert kinds_of(recent(d, since=since, type="task.started", queue="other")) == [
         ("task.started", "b1"),
@@ -284,7 +301,7 @@ def test_resume_with_last_event_id_gets_exactly_what_was_missed(daemon: DaemonPr
     for n in (2, 3):
         daemon.drop(f"r{n}", {"kind": "echo", "input": n})
         daemon.wait_records(n)
-    missed = recent(daemon, since=seen[-1]["id"])
+    missed = wait_events(daemon, 4, since=seen[-1]["id"])
     assert kinds_of(missed) == [
         ("task.started", "r2"),
         ("task.succeeded", "r2"),
@@ -332,6 +349,84 @@ def test_daemon_shutdown_ends_open_streams(daemon: DaemonProc) -> None:
     finally:
         s.close()
     assert [e["type"] for e in rest] == ["daemon.draining"]
+
+
+# ---- agents, backups and plugins publish from where they change ------------------------------
+
+
+def test_agent_stop_start_restart_events(
+    tmp_path: Path, daemon_factory: Callable[..., DaemonProc]
+) -> None:
+    agents = tmp_path / "agents"
+    shutil.copytree(REPO / "agents" / "wordcount", agents / "wordcount")
+    d = daemon_factory(config={"tiles": {"runner": "process"}, "agents": {"paths": [str(agents)]}})
+    since = last_id(d)
+    c = d.client()
+    for action in ("stop", "start", "restart"):
+        c.request("POST", f"/v1/agents/wordcount/{action}")
+    with stream(d, since=since, agent="wordcount", type="agent.*", limit=3) as s:
+        got = s.events()
+    assert [e["type"] for e in got] == ["agent.stopped", "agent.started", "agent.restarted"]
+    assert {e["queue"] for e in got} == {"agent.wordcount"}
+    assert [e["data"]["state"] for e in got] == ["stopped", "running", "running"]
+    assert got[-1]["data"]["restarts"] == 1
+
+
+def test_backup_started_and_finished(
+    tmp_path: Path, daemon_factory: Callable[..., DaemonProc]
+) -> None:
+    from ploinkyd.backup import ops
+
+    data, repo, password = tmp_path / "data", tmp_path / "repo", tmp_path / "password"
+    data.mkdir()
+    (data / "a.txt").write_text("hello\n")
+    password.write_text("correct horse battery staple\n")
+    password.chmod(0o600)
+    ops.init_repository(str(repo), "correct horse battery staple", log_n=10)
+    backup = {
+        "repositories": {"main": {"url": str(repo), "password_file": str(password)}},
+        "jobs": [{"name": "docs", "repository": "main", "paths": [str(data)]}],
+    }
+    d = daemon_factory(config={"tiles": {"runner": "process"}, "backup": backup})
+    since = last_id(d)
+    d.drop("b1", {"kind": "backup", "input": {"job": "docs"}})
+    with stream(d, since=since, type="backup.*", limit=2) as s:
+        started, finished = s.events()
+    record = d.wait_records(1)["b1"]
+    assert record["status"] == "succeeded", record
+    assert (started["type"], started["task"], started["queue"]) == (
+        "backup.started",
+        "b1",
+        "default",
+    )
+    assert started["data"] == {
+        "job": "docs",
+        "repository": "main",
+        "strategy": "incremental",
+    }
+    assert (finished["type"], finished["task"]) == ("backup.finished", "b1")
+    assert finished["data"]["outcome"] == "succeeded"
+    assert finished["data"]["snapshot"] == record["output"]["snapshot"]
+
+
+def test_plugin_install_update_remove_events(
+    tmp_path: Path, daemon_factory: Callable[..., DaemonProc]
+) -> None:
+    repo = PluginRepo(tmp_path, "greet")
+    v1 = repo.commit("v1", greet_files(release=1))
+    d = daemon_factory()
+    since = last_id(d)
+    c = d.client(timeout=120)
+    c.request("POST", "/v1/plugins", body={"url": f"{repo.bare}@main"})
+    v2 = repo.commit("v2", greet_files(release=2))
+    c.request("POST", "/v1/plugins/greet/update")
+    c.request("DELETE", "/v1/plugins/greet")
+    with stream(d, since=since, plugin="greet", limit=3) as s:
+        got = s.events()
+    assert [e["type"] for e in got] == ["plugin.installed", "plugin.updated", "plugin.removed"]
+    assert got[0]["data"]["commit"] == v1
+    assert (got[1]["data"]["previous"], got[1]["data"]["commit"]) == (v1, v2)
+    assert got[2]["data"]["commit"] == v2
 
 
 # ---- the CLI ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ploinkyd.api.tasks import PageQuery
 from ploinkyd.audit import AuditEntry, AuditQuery
 from ploinkyd.config import parse_duration
 from ploinkyd.roles import Role
-from ploinkyd.tokens import TokenInfo, TokenStore
+from ploinkyd.tokens import NAME_RE, TokenInfo, TokenStore
 
 if TYPE_CHECKING:
     from ploinkyd.api.security import Principal
@@ -48,7 +48,11 @@ class TokenCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="1-64 letters, digits, '.', '_' or '-'; unique")
+    name: str = Field(
+        # Documented, but checked by the store, whose message says what is allowed.
+        json_schema_extra={"pattern": f"^{NAME_RE.pattern}$"},
+        description="1-64 letters, digits, '.', '_' or '-'; unique",
+    )
     role: Role
     expires: ExpiresIn | None = Field(None, description="lifetime (default: until revoked)")
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from ploinkyd.api import models
 from ploinkyd.api import tasks as task_api
 from ploinkyd.api.envelope import paginate
 from ploinkyd.api.routes import Endpoints, body_of, query_of
@@ -130,13 +131,6 @@ class SnapshotInfo(Snapshot):
 class SnapshotPage(BaseModel):
     data: list[SnapshotInfo]
     pagination: dict[str, int]
-
-
-class TaskRef(BaseModel):
-    id: str
-    queue: str
-    state: str
-    location: str
 
 
 class KeyInfo(BaseModel):
@@ -319,7 +313,7 @@ async def get_snapshot(request: web.Request) -> web.Response:
     action="backup.create",
     query=task_api.SubmitQuery,
     body=BackupInput,
-    response=TaskRef,
+    response=models.SUBMITTED,
     status=201,
 )
 async def create_backup(request: web.Request) -> web.Response:
@@ -347,7 +341,7 @@ async def create_backup(request: web.Request) -> web.Response:
     action="backup.restore",
     query=task_api.SubmitQuery,
     body=RestoreRequest,
-    response=TaskRef,
+    response=models.SUBMITTED,
     status=201,
 )
 async def restore(request: web.Request) -> web.Response:
@@ -369,7 +363,7 @@ async def restore(request: web.Request) -> web.Response:
     query=task_api.SubmitQuery,
     body=VerifyRequest,
     body_optional=True,
-    response=TaskRef,
+    response=models.SUBMITTED,
     status=201,
 )
 async def verify(request: web.Request) -> web.Response:
@@ -397,7 +391,7 @@ async def verify(request: web.Request) -> web.Response:
     query=task_api.SubmitQuery,
     body=PruneRequest,
     body_optional=True,
-    response=TaskRef,
+    response=models.SUBMITTED,
     status=201,
 )
 async def prune(request: web.Request) -> web.Response:

@@ -114,6 +114,10 @@ class QueueDetail(QueueInfo):
     rescans: int
 
 
+class QueuePage(Page[QueueInfo]):
+    pass
+
+
 class PluginBrief(Fixed):
     name: str
     status: PluginStatus
@@ -244,6 +248,10 @@ class TaskItem(Fixed):
     state: Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
 
+class TaskPage(Page[TaskItem]):
+    pass
+
+
 class CancelRequested(Fixed):
     id: str
     queue: str
@@ -261,6 +269,10 @@ class ContainerInfo(Open):
     state: str
     busy: bool
     image: str
+
+
+class ContainerPage(Page[ContainerInfo]):
+    pass
 
 
 class AgentInfo(Fixed):
@@ -316,6 +328,10 @@ class OperatorInfo(Fixed):
     description: str
 
 
+class OperatorPage(Page[OperatorInfo]):
+    pass
+
+
 class ExplainRequest(Open):
     """A pipeline task, its ``input`` object, or a tile task (a one-stage pipeline)."""
 
@@ -328,3 +344,8 @@ class ExplainRequest(Open):
 
 class Explained(Plan):
     text: str = Field(description="the plan as ``ploinkyd tiles explain`` prints it")
+
+
+# What a submit answers: the queued task (201), or with ?wait= its record (200) or, when the
+# wait ran out, its current state (202). Backup, restore, verify and prune are submits too.
+SUBMITTED: dict[int, Any] = {201: TaskRef, 200: TaskInfo, 202: TaskInfo}

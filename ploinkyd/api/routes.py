@@ -47,7 +47,8 @@ class Endpoint:
     ``timeout`` False exempts the handler from ``[api] request_timeout`` (event streams, and
     operations bounded by their own limits, such as a git clone); waits add their ``wait``.
     ``response`` is a pydantic model (or any type ``TypeAdapter`` takes) describing a 2xx JSON
-    body; None with ``content_type`` other than JSON for text responses.
+    body (for an event stream, each event's data), or ``{status: type}`` for an endpoint with
+    several success answers; None for text responses (a JSON one is then a generic object).
     """
 
     method: str

@@ -150,9 +150,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     return response
 
 
-def _time_limit(
-    request: web.Request, endpoint: Endpoint | None, config: ApiConfig
-) -> float | None:
+def _time_limit(request: web.Request, endpoint: Endpoint | None, config: ApiConfig) -> float | None:
     if endpoint is None:
         return config.request_timeout
     if not endpoint.timeout:

@@ -71,7 +71,7 @@ def _daemon(request: web.Request) -> Daemon:
     "/v1/queues",
     summary="List queues with their live counts",
     query=PageQuery,
-    response=models.Page[models.QueueInfo],
+    response=models.QueuePage,
 )
 async def queues(request: web.Request) -> web.Response:
     d = _daemon(request)
@@ -149,7 +149,7 @@ async def submit(
     query=SubmitQuery,
     request_schema=Task,
     # 201 when queued; with ?wait=, 200 with the record or 202 if it is not done yet.
-    response={201: models.TaskRef, 200: models.TaskInfo, 202: models.TaskInfo},
+    response=models.SUBMITTED,
 )
 async def submit_task(request: web.Request) -> web.Response:
     d = _daemon(request)
@@ -166,7 +166,7 @@ async def submit_task(request: web.Request) -> web.Response:
     "/v1/queues/{queue}/tasks",
     summary="List a queue's tasks by state",
     query=TaskListQuery,
-    response=models.Page[models.TaskItem],
+    response=models.TaskPage,
 )
 async def list_tasks(request: web.Request) -> web.Response:
     handle = _daemon(request).queue(request.match_info["queue"])

@@ -49,7 +49,7 @@ async def status(request: web.Request) -> web.Response:
     "/v1/tiles/operators",
     summary="Tile operators",
     query=OperatorsQuery,
-    response=models.Page[models.OperatorInfo],
+    response=models.OperatorPage,
 )
 async def operators(request: web.Request) -> web.Response:
     queue = query_of(request, OperatorsQuery).queue
@@ -91,7 +91,7 @@ async def cache_clear(request: web.Request) -> web.Response:
     "/v1/tiles/containers",
     summary="Warm tile containers",
     query=PageQuery,
-    response=models.Page[models.ContainerInfo],
+    response=models.ContainerPage,
 )
 async def containers(request: web.Request) -> web.Response:
     runner: Any = _tiles(request).runner
