@@ -7,9 +7,11 @@ plugin does: through a real distribution's ``ploinkyd`` entry point on ``PYTHONP
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +38,20 @@ def make_testkinds_dist(root: Path) -> Path:
         "[ploinkyd]\ntestkinds = tests.plugins_fixture.testkinds\n"
     )
     return site
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    """Raw HTTP over a unix socket, for tests about the wire (independent of ploinkyd.client)."""
+
+    def __init__(self, path: str | Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._unix_path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._unix_path)
+        self.sock = sock
 
 
 def drop_task(queue: Path, task_id: str, body: Any) -> Path:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
-import socket
 import stat
 import time
 from collections.abc import Callable
@@ -14,19 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.daemon_harness import DaemonProc, wait_until
-
-
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._unix_path)
-        self.sock = sock
+from tests.daemon_harness import DaemonProc, UnixHTTP, wait_until
 
 
 @dataclass
@@ -50,7 +36,7 @@ def call(
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> Resp:
-    conn = _UnixHTTP(str(d.socket), timeout)
+    conn = UnixHTTP(str(d.socket), timeout)
     try:
         payload = raw if raw is not None else None if body is None else json.dumps(body).encode()
         hdrs = {"Content-Type": "application/json"} if payload is not None else {}

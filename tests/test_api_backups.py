@@ -6,10 +6,8 @@ reaches the queue, and roles (viewers read, operators back up, admins see keys).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +21,9 @@ from ploinkyd.backup import ops
 from ploinkyd.backup.crypto import WrongPassword
 from ploinkyd.tokens import TokenStore
 from tests.backup_helpers import LOG_N, PASSWORD, init_repo
-from tests.daemon_harness import DaemonProc, wait_until
+from tests.daemon_harness import DaemonProc, UnixHTTP, wait_until
 
 WAIT = "120"
-
-
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._unix_path)
-        self.sock = sock
 
 
 @dataclass
@@ -56,7 +42,7 @@ def call(
     token: str | None = None,
     raw: bytes | None = None,
 ) -> Resp:
-    conn = _UnixHTTP(str(d.socket), 180.0)
+    conn = UnixHTTP(str(d.socket), 180.0)
     try:
         payload = raw if raw is not None else None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}

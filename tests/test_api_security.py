@@ -17,7 +17,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import stat
 import subprocess
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 
 from ploinkyd.testing.servers import free_port
-from tests.daemon_harness import DaemonProc, new_daemon, wait_until
+from tests.daemon_harness import DaemonProc, UnixHTTP, new_daemon, wait_until
 
 NOBODY = 65534
 ROLES = ("viewer", "operator", "admin")
@@ -60,18 +59,6 @@ class Resp:
     @property
     def request_id(self) -> str:
         return self.headers["x-request-id"]
-
-
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._unix_path)
-        self.sock = sock
 
 
 def exchange(
@@ -132,7 +119,7 @@ class Secured:
             conn.close()
 
     def unix(self, method: str, path: str, **kw: Any) -> Resp:
-        conn = _UnixHTTP(self.d.socket, 30)
+        conn = UnixHTTP(self.d.socket, 30)
         try:
             return exchange(conn, method, path, **kw)
         finally:

@@ -4,12 +4,10 @@ of a real daemon, ``ploinkyd events`` and ``ploinkyd status --watch``."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,29 +20,17 @@ from urllib.parse import urlencode
 import pytest
 
 from ploinkyd.events import Event, EventBus, EventFilter, Subscription
-from tests.daemon_harness import REPO, DaemonProc, wait_until
+from tests.daemon_harness import REPO, DaemonProc, UnixHTTP, wait_until
 from tests.plugin_repos_helpers import PluginRepo, greet_files
 
 # ---- the SSE wire, read by hand (independent of ploinkyd.client) -------------------------------
-
-
-class _Unix(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._unix_path)
-        self.sock = sock
 
 
 class Stream:
     """An open ``GET /v1/events``: once constructed, the daemon has subscribed it."""
 
     def __init__(self, d: DaemonProc, headers: dict[str, str] | None = None, **query: Any) -> None:
-        self.conn = _Unix(str(d.socket), timeout=60)
+        self.conn = UnixHTTP(str(d.socket), timeout=60)
         q = urlencode({k: v for k, v in query.items() if v is not None})
         self.conn.request("GET", f"/v1/events?{q}" if q else "/v1/events", headers=headers or {})
         self.resp = self.conn.getresponse()
