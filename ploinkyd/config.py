@@ -66,6 +66,7 @@ _OTHERS = (
     "API_CACERT",  # the CA bundle that signs the daemon's TLS certificate
     "DEBIAN_MIRROR",  # images build
     "DOCKER_WAIT_S",  # scripts/docker-engine.sh
+    "JOURNAL_SOCKET",  # logs.py: another socket in place of journald's (tests)
 )
 IGNORED_ENV = frozenset(f"PLOINKY_{name}" for name in _OTHERS)
 ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {

@@ -27,8 +27,9 @@ from ploinkyd.backup.service import BackupService
 from ploinkyd.clock import Clock, SystemClock
 from ploinkyd.config import Config, LoadedConfig, QueueConfig
 from ploinkyd.errors import ConflictError, NotFoundError, PloinkyError
-from ploinkyd.events import EventBus
+from ploinkyd.events import EventBus, EventFilter
 from ploinkyd.kinds import TaskKind
+from ploinkyd.logs import bind_fields
 from ploinkyd.plugins import PluginHost
 from ploinkyd.queue.committer import GroupCommitter
 from ploinkyd.queue.layout import QueueLayout, needs_polling
@@ -156,6 +157,7 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.events.bind(loop)
+        bind_fields(node=self.identity.node)  # PLOINKY_NODE= on every journal entry
         self._take_instance_lock()
         try:
             # Handlers only set events; the loop below acts on them.
@@ -226,6 +228,7 @@ class Daemon:
             asyncio.create_task(self._every(self._recovery_interval, self._recover_all)),
             asyncio.create_task(self._every(self._heartbeat_interval, self._heartbeat_all)),
             asyncio.create_task(self._every(lambda: 2.0, self._report_status)),
+            asyncio.create_task(self._log_task_events()),
             asyncio.create_task(self._supervise_agents()),
             asyncio.create_task(self.backup.scheduler.run(), name="backup-scheduler"),
         ]
@@ -303,7 +306,14 @@ class Daemon:
                 self.watcher.watch(name, {"tasks": str(layout.tasks), "cancel": str(layout.cancel)})
             await runner.recover()
             runner.start()
-            log.info("queue %s at %s (%s, concurrency %d)", name, path, watch, tuning.concurrency)
+            log.info(
+                "queue %s at %s (%s, concurrency %d)",
+                name,
+                path,
+                watch,
+                tuning.concurrency,
+                extra={"fields": {"queue": name}},
+            )
         for name in set(self.queues) - set(wanted):
             await self._retire(self.queues[name])
         self.agents.after_queues_applied()
@@ -318,10 +328,14 @@ class Daemon:
             # Its directory may be gone (an agent directory deleted before the reload); one
             # queue's end must not take the daemon down.
             log.warning(
-                "queue %s retired after an error: %s: %s", handle.name, type(exc).__name__, exc
+                "queue %s retired after an error: %s: %s",
+                handle.name,
+                type(exc).__name__,
+                exc,
+                extra={"fields": {"queue": handle.name}},
             )
             return
-        log.info("queue %s retired", handle.name)
+        log.info("queue %s retired", handle.name, extra={"fields": {"queue": handle.name}})
 
     def plugins_changed(self) -> None:
         """A plugin was installed, updated or removed at run time: serve what plugins provide
@@ -336,6 +350,7 @@ class Daemon:
         self.events.publish("daemon.reloading")
         log.info("reloading configuration")
         error: str | None = None
+        message: str | None = None
         try:
             if self._reload_config is not None:
                 loaded = await asyncio.to_thread(self._reload_config)
@@ -355,21 +370,23 @@ class Daemon:
         except PloinkyError as exc:
             # A bad edit must not take a running daemon down: keep the old config.
             log.error("reload failed, keeping the running configuration: %s", exc.message)
-            error = exc.code
+            error, message = exc.code, exc.message
         self.notifier.ready(self.status_line())
-        self.events.publish("daemon.reloaded", ok=error is None, error=error)
+        self.events.publish("daemon.reloaded", ok=error is None, error=error, message=message)
 
     async def _shutdown(self) -> None:
         self.draining, self.ready = True, False
         self.not_ready_reason = "stopping"
+        grace = self.config.daemon.drain_timeout_s
+        # Ask systemd for the whole drain (plus closing down) even if TimeoutStopSec= is shorter.
         self.notifier.stopping(
-            f"draining {sum(len(h.runner.running) for h in self.queues.values())} tasks"
+            f"draining {sum(len(h.runner.running) for h in self.queues.values())} tasks",
+            extend_s=grace + 30,
         )
         self.events.publish(
             "daemon.draining", running=sum(len(h.runner.running) for h in self.queues.values())
         )
-        log.info("stopping: draining queues (grace %.0fs)", self.config.daemon.drain_timeout_s)
-        grace = self.config.daemon.drain_timeout_s
+        log.info("stopping: draining queues (grace %.0fs)", grace)
         await asyncio.gather(*(h.runner.drain(grace) for h in self.queues.values()))
         for task in self._background:
             task.cancel()
@@ -440,6 +457,31 @@ class Daemon:
 
     def _report_status(self) -> None:
         self.notifier.status(self.status_line())
+
+    async def _log_task_events(self) -> None:
+        """A log line, with the task's fields, for every task that failed for good or was
+        released by a drain (successes are counted, not logged)."""
+        wanted = EventFilter(types=["task.failed", "task.released"])
+        async for event in self.events.subscribe(wanted, backlog=10_000):
+            if event.task is None:
+                continue
+            code = event.data.get("code")
+            fields = {"queue": event.queue, "task_id": event.task, "kind": event.data.get("kind")}
+            if event.type == "task.failed":
+                log.warning(
+                    "queue %s: task %s failed (%s)",
+                    event.queue,
+                    event.task,
+                    code or "no code",
+                    extra={"fields": {**fields, "error_code": code}},
+                )
+            else:
+                log.info(
+                    "queue %s: task %s released for another run",
+                    event.queue,
+                    event.task,
+                    extra={"fields": fields},
+                )
 
     def _ping_watchdog(self) -> None:
         # Sent from the loop itself: if the loop hangs, the pings stop and systemd restarts us.

@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ploinkyd.plugins.repos")
 
+# GitPython refuses to import without a git executable; a daemon with no plugins from git
+# must still start, so the missing program is reported only when git is needed.
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
 LOCK_NAME = "plugins.lock"
 _SHA = re.compile(r"[0-9a-f]{40}")
 _SCHEMES = frozenset({"https", "http", "git", "ssh", "file"})
@@ -336,6 +340,7 @@ class PluginRepos:
     def _clone(self, root: Path, url: str, what: str) -> git.Repo:
         """A new repository at ``root`` with ``url`` as origin, fetched; a fetch failure is a
         :class:`PluginError` that starts with ``what``."""
+        _require_git()
         import git
 
         repo = git.Repo.init(root)
@@ -485,6 +490,7 @@ class PluginRepos:
         """Fetch the plugin's remote and check out the new pin (``ref``, else the ref it was
         installed from). Returns ``(old, new)``; the lock is not changed yet. A fetch failure
         leaves the cached checkout exactly as it was and says so."""
+        _require_git()
         import git
 
         old = self.entry(name)
@@ -640,3 +646,12 @@ class PluginRepos:
                 host.record_unavailable(entry.name, source, entry.version, message)
                 continue
             host.register_directory(plugin_dir, source, site=self.site_dir(entry))
+
+
+def _require_git() -> None:
+    if shutil.which("git") is None:
+        raise PluginError(
+            "plugins from git need the git program, which is not installed (on Debian: "
+            "apt-get install git)",
+            code="GIT_MISSING",
+        )

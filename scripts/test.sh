@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 bash scripts/test-servers.sh
+bash scripts/systemd-tools.sh
 
 echo "==> ruff check"
 .venv/bin/ruff check .

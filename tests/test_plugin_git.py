@@ -490,3 +490,34 @@ def test_only_admins_may_change_plugins(tmp_path: Path, daemon: DaemonProc) -> N
     assert int(count) >= 4
     assert denied.startswith("403 ") and "needs the admin role; uid:65534" in denied, denied
     assert not (daemon.state / "plugins" / "plugins.lock").exists()
+
+
+def test_without_the_git_program_the_cli_runs_and_install_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    repo = PluginRepo(tmp_path, "greet")
+    repo.commit("v1", greet_files(release=1))
+    bin_dir = tmp_path / "bin"  # a PATH with the usual tools but no git
+    bin_dir.mkdir()
+    for tool in ("sh", "env", "id"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLOINKY_", "GIT_"))}
+    env.update(PATH=str(bin_dir), PLOINKY_STATE_DIR=str(tmp_path / "state"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ploinkyd", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    listing = cli("plugin", "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    refused = cli("plugin", "install", str(repo.bare))
+    assert refused.returncode == 2, refused.stderr
+    assert "git program" in refused.stderr and "apt-get install git" in refused.stderr
+    assert not (tmp_path / "state" / "plugins" / "plugins.lock").exists()

@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from ploinkyd.api.routes import Endpoint, Endpoints, Handler, parse_inputs
 from ploinkyd.api.security import Guard, Principal, retry_after
 from ploinkyd.audit import AuditLog
 from ploinkyd.errors import PloinkyError, RateLimitedError, UserError
+from ploinkyd.systemd import listen_fds
 from ploinkyd.tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -201,23 +203,60 @@ class ApiServer:
         )
         self.guard = Guard(cfg, self.tokens, self.audit)
         self.tcp_address: tuple[str, int] | None = None
+        self.activated = False  # serving a socket passed by systemd (LISTEN_FDS)
 
     def reconfigure(self, config: ApiConfig) -> None:
         """Roles and limits apply at once; listeners and TLS files at the next start."""
         self.guard.reconfigure(config)
 
     async def start(self) -> None:
+        """Listen on the control socket and, if configured, on TCP.
+
+        Under socket activation (``ploinkyd.socket``) the sockets systemd passed are served as
+        they are: the first unix stream socket instead of binding ``socket_path``, and an inet
+        stream socket, if any, instead of ``[api] listen_tcp``.
+        """
         d = self.daemon
         cfg = d.config.api
-        path = d.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sock = _bind_unix(str(path), cfg.socket_mode_bits)
+        passed = listen_fds()
+        unix = next((s.sock for s in passed if s.is_unix_stream), None)
+        inet = next((s.sock for s in passed if s.is_inet_stream), None)
+        for extra in passed:
+            if extra.sock not in (unix, inet):
+                extra.sock.close()
+        self.activated = unix is not None
+        if unix is None:
+            d.socket_path.parent.mkdir(parents=True, exist_ok=True)
+            unix = _bind_unix(str(d.socket_path), cfg.socket_mode_bits)
+            log.info("control API on socket %s", d.socket_path)
+        else:
+            where = unix.getsockname()
+            if isinstance(where, str) and where and Path(where) != d.socket_path:
+                log.warning(
+                    "systemd passed the control socket %s, but clients configured like this "
+                    "daemon look for %s ([daemon] runtime_dir / socket)",
+                    where,
+                    d.socket_path,
+                )
+                d.socket_path = Path(where)
+            log.info("control API on socket %s (passed by systemd)", where or "?")
+        unix.setblocking(False)
         self.runner = web.AppRunner(build_app(d, self.guard), access_log=None, handle_signals=False)
         await self.runner.setup()
-        await web.SockSite(self.runner, sock).start()
+        await web.SockSite(self.runner, unix).start()
         address = cfg.tcp_address()
-        if address is not None:
-            tls = _tls_context(cfg) if cfg.tls_cert is not None else None
+        wants_tcp = inet is not None or address is not None
+        tls = _tls_context(cfg) if cfg.tls_cert is not None and wants_tcp else None
+        if inet is not None:
+            inet.setblocking(False)
+            await web.SockSite(self.runner, inet, ssl_context=tls).start()
+            self.tcp_address = inet.getsockname()[:2]
+            log.info(
+                "control API on %s://%s:%d (passed by systemd)",
+                "https" if tls else "http",
+                *self.tcp_address,
+            )
+        elif address is not None:
             site = web.TCPSite(self.runner, address[0], address[1], ssl_context=tls)
             try:
                 await site.start()
@@ -236,8 +275,9 @@ class ApiServer:
             await self.runner.cleanup()
             self.runner = None
         self.audit.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.daemon.socket_path)
+        if not self.activated:  # a passed socket's file belongs to systemd, which keeps it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.daemon.socket_path)
 
 
 def _tls_context(cfg: ApiConfig) -> ssl.SSLContext:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ploinkyd import __version__
+from ploinkyd import __version__, service_install
 from ploinkyd.cli import agents as agent_cli
 from ploinkyd.cli import audit as audit_cli
 from ploinkyd.cli import backup as backup_cli
@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     cmd("run", cmd_run, "run the daemon in the foreground")
-    cmd("init", cmd_init, "create the state dir and the queues' directories")
+    service_install.add_init_options(
+        cmd("init", cmd_init, "create the state dir and the queues' directories")
+    )
     events_cli.watch_options(cmd("status", cmd_status, "show the daemon's status"))
     cmd("version", cmd_version, "print the version")
 
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.register(sub, common)
     tokens_cli.register(sub, common)
     audit_cli.register(sub, common)
+    service_install.register(sub, common)
     _plugin_commands(sub)
     return p
 
@@ -184,6 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from ploinkyd.queue.layout import QueueLayout
 
+    if args.system:
+        return service_install.cmd_init_system(args)
     cfg = load(args).config
     state = cfg.resolved_state_dir()
     made = []

@@ -1,9 +1,15 @@
-"""Task kinds for tests: ``sleep``, ``fail``, ``flaky`` and ``gated``; and one API route,
-``GET /v1/x/testkinds/slow?s=SECONDS``, that answers after sleeping."""
+"""Task kinds for tests: ``sleep``, ``fail``, ``flaky`` and ``gated``; and two API routes:
+``GET /v1/x/testkinds/slow?s=SECONDS`` answers after sleeping, and
+``GET /v1/x/testkinds/block?s=SECONDS`` blocks the daemon's event loop for that long (a hung
+loop, for the watchdog tests); with ``mark=1`` it also sends ``X_PLOINKY_BLOCK=begin`` and
+``=end`` to ``NOTIFY_SOCKET`` around the block."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,25 @@ async def slow(request: web.Request) -> web.Response:
     return web.json_response({"slept": seconds})
 
 
+def _mark(what: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if not addr:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(f"X_PLOINKY_BLOCK={what}".encode(), "\0" + addr[1:] if addr[0] == "@" else addr)
+
+
+async def block(request: web.Request) -> web.Response:
+    seconds = float(request.query.get("s", "0"))
+    mark = request.query.get("mark") == "1"
+    if mark:
+        _mark("begin")
+    time.sleep(seconds)  # noqa: ASYNC251 - on purpose: nothing else on the loop runs meanwhile
+    if mark:
+        _mark("end")
+    return web.json_response({"blocked": seconds})
+
+
 @hookimpl
 def ploinkyd_api_routes() -> list[web.RouteDef]:
-    return [web.get("/slow", slow)]
+    return [web.get("/slow", slow), web.get("/block", block)]
