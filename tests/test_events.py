@@ -441,6 +441,7 @@ def test_events_cli_prints_what_the_api_sends(daemon: DaemonProc) -> None:
 def test_status_watch_redraws_when_a_task_runs(daemon: DaemonProc) -> None:
     cmd = [sys.executable, "-m", "ploinkyd", "status", "--watch", "--json"]
     cmd += ["--interval", "3600", "--config", str(daemon.config_file)]
+    before = _subscribers(daemon)  # the daemon follows its own events too (task log lines)
     with subprocess.Popen(
         cmd, env=daemon.env, cwd=daemon.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as proc:
@@ -451,7 +452,7 @@ def test_status_watch_redraws_when_a_task_runs(daemon: DaemonProc) -> None:
             first = json.loads(lines.get(timeout=60))
             assert first["queues"]["default"]["succeeded"] == 0
             # With a redraw interval of an hour, only events can bring another status.
-            wait_until("the watcher to follow events", lambda: _subscribers(daemon) == 1)
+            wait_until("the watcher to follow events", lambda: _subscribers(daemon) == before + 1)
             daemon.drop("w1", {"kind": "echo", "input": 1})
             statuses = [first]
             while statuses[-1]["queues"]["default"]["succeeded"] < 1:
