@@ -335,6 +335,9 @@ def test_bad_query_parameters_are_400(daemon: DaemonProc) -> None:
         {"kind": "echo", "not_before": later()},
     )
     assert r.status == 400
+    # A parameter an endpoint does not take is ignored, whatever its value.
+    for path in ("/v1/status?wait=soon", "/v1/queues?timeout=never"):
+        assert call(daemon, "GET", path).status == 200, path
 
 
 def test_control_socket_mode_is_0660(daemon: DaemonProc) -> None:

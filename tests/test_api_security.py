@@ -482,6 +482,19 @@ def test_aiohttp_404_and_405_come_in_the_envelope(sec: Secured) -> None:
 # ---- the audit log ------------------------------------------------------------------------
 
 
+def test_a_plugin_route_change_needs_operator_and_is_audited(sec: Secured) -> None:
+    poked = sec.tcp("POST", "/v1/x/testkinds/poke", token=sec.tokens["operator"])
+    assert poked.status == 200, poked.body
+    refused = sec.tcp("POST", "/v1/x/testkinds/poke", token=sec.tokens["viewer"])
+    assert_envelope(refused, 403, "FORBIDDEN")
+    read = sec.tcp("GET", "/v1/x/testkinds/slow?s=0", token=sec.tokens["viewer"])
+    assert read.status == 200
+    for r, outcome in ((poked, "ok"), (refused, "denied")):
+        (line,) = audited(sec.d, r.request_id)
+        assert line["action"] == "POST /v1/x/testkinds/poke" and line["outcome"] == outcome
+    assert read.request_id not in {e["request_id"] for e in audit_entries(sec.d)}
+
+
 def test_audit_lines_for_mutations_and_refusals(sec: Secured) -> None:
     op = sec.tokens["operator"]
     sub = sec.tcp("POST", SUBMIT, token=op, body=LONG)

@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from ploinkyd import audit
-from ploinkyd.api.routes import Endpoints, body_of, query_of
+from ploinkyd.api.routes import Endpoints, body_of, daemon_of, query_of
 from ploinkyd.api.tasks import PageQuery
 from ploinkyd.audit import AuditEntry, AuditQuery
 from ploinkyd.config import parse_duration
@@ -26,7 +26,6 @@ from ploinkyd.tokens import NAME_RE, TokenInfo, TokenStore
 
 if TYPE_CHECKING:
     from ploinkyd.api.security import Principal
-    from ploinkyd.daemon import Daemon
 
 log = logging.getLogger("ploinkyd.api")
 table = Endpoints("admin")
@@ -72,14 +71,8 @@ class AuditPage(BaseModel):
     data: list[AuditEntry] = Field(description="matching entries, newest first")
 
 
-def _daemon(request: web.Request) -> Daemon:
-    from ploinkyd.api.server import DAEMON
-
-    return request.app[DAEMON]
-
-
 def _tokens(request: web.Request) -> TokenStore:
-    store: TokenStore = _daemon(request).api.tokens
+    store: TokenStore = daemon_of(request).api.tokens
     return store
 
 
@@ -138,7 +131,7 @@ async def revoke_token_route(request: web.Request) -> web.Response:
 )
 async def read_audit_route(request: web.Request) -> web.Response:
     q = query_of(request, AuditQuery)
-    directory = _daemon(request).api.audit.path.parent
+    directory = daemon_of(request).api.audit.path.parent
     return web.json_response(await asyncio.to_thread(read_audit, directory, q))
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ploinkyd.api import models
 from ploinkyd.api.envelope import paginate
-from ploinkyd.api.routes import Endpoints, query_of
+from ploinkyd.api.routes import Endpoints, daemon_of, query_of
 from ploinkyd.api.tasks import PageQuery
 
 if TYPE_CHECKING:
@@ -25,9 +25,7 @@ class LogsQuery(BaseModel):
 
 
 def _agents(request: web.Request) -> AgentManager:
-    from ploinkyd.api.server import DAEMON
-
-    return request.app[DAEMON].agents
+    return daemon_of(request).agents
 
 
 @table.get(

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from ploinkyd.api import models
 from ploinkyd.api import tasks as task_api
 from ploinkyd.api.envelope import paginate
-from ploinkyd.api.routes import Endpoints, body_of, query_of
+from ploinkyd.api.routes import Endpoints, body_of, daemon_of, query_of
 from ploinkyd.backup import ops
 from ploinkyd.backup.format import Snapshot
 from ploinkyd.backup.kinds import (
@@ -45,7 +45,6 @@ from ploinkyd.kinds import describe_validation, validation_details
 
 if TYPE_CHECKING:
     from ploinkyd.backup.service import BackupService
-    from ploinkyd.daemon import Daemon
 
 table = Endpoints("backups")
 T = TypeVar("T")
@@ -159,14 +158,8 @@ class RotateResult(BaseModel):
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _daemon(request: web.Request) -> Daemon:
-    from ploinkyd.api.server import DAEMON
-
-    return request.app[DAEMON]
-
-
 def _service(request: web.Request) -> BackupService:
-    return _daemon(request).backup
+    return daemon_of(request).backup
 
 
 def _configured(service: BackupService, ref: str) -> tuple[str, RepositorySettings]:
@@ -206,20 +199,27 @@ def _kind_input(model: type[M], data: dict[str, Any], kind: str) -> M:
         ) from None
 
 
+def _path_input(request: web.Request, body: type[BaseModel], model: type[M], kind: str) -> M:
+    """The body of a ``/v1/backups/{repo}/...`` change as ``kind``'s input for that repository."""
+    name, _ = _path_repository(request)
+    given = body_of(request, body).model_dump(exclude_unset=True)
+    return _kind_input(model, {"repository": name, **given}, kind)
+
+
 async def _submit(request: web.Request, kind: str, data: BaseModel) -> web.Response:
     """Submit ``data`` as a ``kind`` task into ``[backup] queue``, as a file drop would."""
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     q = query_of(request, task_api.SubmitQuery)
     body = {"kind": kind, "input": data.model_dump(mode="json", exclude_unset=True)}
     task = task_api.validate_task(daemon, body)
     return await task_api.submit(daemon, daemon.backup.config.queue, task, q.id, q.wait)
 
 
-async def _with_repository(
-    service: BackupService, settings: RepositorySettings, work: Callable[[Repository], T]
-) -> T:
-    """Open the repository on an operation thread and run ``work`` there; a cancelled request
-    stops it at its next storage call."""
+async def _with_repository(request: web.Request, work: Callable[[Repository], T]) -> T:
+    """Open the path's repository on an operation thread and run ``work`` there; a cancelled
+    request stops it at its next storage call."""
+    service = _service(request)
+    _, settings = _path_repository(request)
 
     def run(cancel: threading.Event) -> T:
         repo = service.open(settings, cancel)
@@ -229,15 +229,6 @@ async def _with_repository(
             repo.backend.close()
 
     return await service.run(run)
-
-
-def _tags_match(snap: Snapshot, wanted: str | None) -> bool:
-    return wanted is None or set(snap.tags).issuperset(t.strip() for t in wanted.split(","))
-
-
-def snapshot_json(sid: str, snap: Snapshot) -> dict[str, Any]:
-    """One snapshot as ``ploinkyd backup list --json`` prints it."""
-    return {"id": sid, **snap.model_dump()}
 
 
 # ---- reads -----------------------------------------------------------------------------------
@@ -277,14 +268,13 @@ async def overview(request: web.Request) -> web.Response:
 )
 async def list_snapshots(request: web.Request) -> web.Response:
     q = query_of(request, SnapshotQuery)
-    _, settings = _path_repository(request)
-    snaps = await _with_repository(_service(request), settings, lambda repo: repo.snapshots())
+    snaps = await _with_repository(request, lambda repo: repo.snapshots())
     rows = [
-        snapshot_json(sid, s)
+        s.listing(sid)
         for sid, s in snaps
         if (q.job is None or s.job == q.job)
         and (q.host is None or s.host == q.host)
-        and _tags_match(s, q.tag)
+        and s.has_tags([q.tag] if q.tag else [])
     ]
     return web.json_response(paginate(request, rows))
 
@@ -295,12 +285,9 @@ async def list_snapshots(request: web.Request) -> web.Response:
     response=SnapshotInfo,
 )
 async def get_snapshot(request: web.Request) -> web.Response:
-    _, settings = _path_repository(request)
     ref = request.match_info["id"]
-    sid, snap = await _with_repository(
-        _service(request), settings, lambda repo: repo.find_snapshot(ref)
-    )
-    return web.json_response(snapshot_json(sid, snap))
+    sid, snap = await _with_repository(request, lambda repo: repo.find_snapshot(ref))
+    return web.json_response(snap.listing(sid))
 
 
 # ---- changes, as tasks -----------------------------------------------------------------------
@@ -345,9 +332,7 @@ async def create_backup(request: web.Request) -> web.Response:
     status=201,
 )
 async def restore(request: web.Request) -> web.Response:
-    name, _ = _path_repository(request)
-    given = body_of(request, RestoreRequest).model_dump(exclude_unset=True)
-    data = _kind_input(RestoreInput, {"repository": name, **given}, "restore")
+    data = _path_input(request, RestoreRequest, RestoreInput, "restore")
     try:
         check_restore_target(_service(request), data.target)
     except TaskFailed as exc:
@@ -367,9 +352,7 @@ async def restore(request: web.Request) -> web.Response:
     status=201,
 )
 async def verify(request: web.Request) -> web.Response:
-    name, _ = _path_repository(request)
-    given = body_of(request, VerifyRequest).model_dump(exclude_unset=True)
-    data = _kind_input(VerifyInput, {"repository": name, **given}, "backup-verify")
+    data = _path_input(request, VerifyRequest, VerifyInput, "backup-verify")
     if data.subset is not None:
         try:
             select_subset([], data.subset)  # only checks the notation
@@ -395,9 +378,7 @@ async def verify(request: web.Request) -> web.Response:
     status=201,
 )
 async def prune(request: web.Request) -> web.Response:
-    name, _ = _path_repository(request)
-    given = body_of(request, PruneRequest).model_dump(exclude_unset=True)
-    data = _kind_input(PruneInput, {"repository": name, **given}, "backup-prune")
+    data = _path_input(request, PruneRequest, PruneInput, "backup-prune")
     data.policy()  # a keep_* combination the retention model refuses is a 400 here too
     return await _submit(request, "backup-prune", data)
 
@@ -413,8 +394,7 @@ async def prune(request: web.Request) -> web.Response:
     response=KeyPage,
 )
 async def list_keys(request: web.Request) -> web.Response:
-    _, settings = _path_repository(request)
-    keys = await _with_repository(_service(request), settings, lambda repo: repo.key_list())
+    keys = await _with_repository(request, lambda repo: repo.key_list())
     return web.json_response(paginate(request, keys))
 
 
@@ -431,7 +411,5 @@ async def rotate_key(request: web.Request) -> web.Response:
     keys until a prune with ``rewrite``."""
     _, settings = _path_repository(request)
     wait = settings.lock_wait
-    result = await _with_repository(
-        _service(request), settings, lambda repo: ops.rotate_key(repo, lock_wait_s=wait)
-    )
+    result = await _with_repository(request, lambda repo: ops.rotate_key(repo, lock_wait_s=wait))
     return web.json_response(result)

@@ -21,13 +21,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from ploinkyd.api.envelope import REQUEST_ID, paginate
-from ploinkyd.api.routes import Endpoints, query_of
+from ploinkyd.api.routes import Endpoints, daemon_of, query_of
 from ploinkyd.api.tasks import PageQuery
 from ploinkyd.errors import UserError
 from ploinkyd.events import Event, EventBus, EventFilter, Subscription
 
 if TYPE_CHECKING:
-    from ploinkyd.daemon import Daemon
+    pass
 
 table = Endpoints("events")
 KEEPALIVE_S = 15.0
@@ -64,12 +64,6 @@ class EventsQuery(EventFilterQuery):
 
 class RecentQuery(EventFilterQuery, PageQuery):
     pass
-
-
-def _daemon(request: web.Request) -> Daemon:
-    from ploinkyd.api.server import DAEMON
-
-    return request.app[DAEMON]
 
 
 def frame(event: Event) -> bytes:
@@ -111,7 +105,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     that fell behind (reconnect with the last id read)."""
     q = query_of(request, EventsQuery)
     after = _resume_from(request, q.since)
-    bus: EventBus = _daemon(request).events
+    bus: EventBus = daemon_of(request).events
     # Subscribed before the headers go out: a client that has them misses nothing after.
     sub = bus.subscribe(q.filter(), after_id=after)
     response = web.StreamResponse(
@@ -177,7 +171,7 @@ async def recent_events(request: web.Request) -> web.Response:
     ``last_id`` (the newest event's id: where a stream that wants only new events resumes)
     and how many streams are open (``subscribers``)."""
     q = query_of(request, RecentQuery)
-    bus: EventBus = _daemon(request).events
+    bus: EventBus = daemon_of(request).events
     events = bus.recent(q.filter(), after_id=q.since)
     page = paginate(request, [e.model_dump(mode="json") for e in events])
     page["last_id"] = bus.last_id

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ploinkyd import plugin_admin
 from ploinkyd.api import models
 from ploinkyd.api.envelope import paginate
-from ploinkyd.api.routes import Endpoints, body_of
+from ploinkyd.api.routes import Endpoints, body_of, daemon_of
 from ploinkyd.api.tasks import PageQuery
 
 table = Endpoints("plugins")
@@ -27,12 +27,6 @@ class UpdateRequest(BaseModel):
     ref: str | None = Field(None, description="move the pin to this branch, tag or commit")
 
 
-def _daemon(request: web.Request):  # type: ignore[no-untyped-def]
-    from ploinkyd.api.server import DAEMON
-
-    return request.app[DAEMON]
-
-
 @table.get(
     "/v1/plugins",
     summary="Installed plugins, their pins and problems",
@@ -40,7 +34,7 @@ def _daemon(request: web.Request):  # type: ignore[no-untyped-def]
     response=models.PluginPage,
 )
 async def list_plugins(request: web.Request) -> web.Response:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     page = paginate(request, plugin_admin.listing(daemon.plugins))
     repos = daemon.plugins.repos
     page["problems"] = dict(repos.problems) if repos is not None else {}
@@ -61,7 +55,7 @@ async def list_plugins(request: web.Request) -> web.Response:
 )
 async def install_plugin(request: web.Request) -> web.Response:
     body = body_of(request, InstallRequest)
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     change = await plugin_admin.install(
         daemon.plugins, body.url, with_requires=body.with_requires, daemon=daemon
     )
@@ -80,7 +74,7 @@ async def install_plugin(request: web.Request) -> web.Response:
 )
 async def update_plugin(request: web.Request) -> web.Response:
     body = body_of(request, UpdateRequest)
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     change = await plugin_admin.update(
         daemon.plugins, request.match_info["name"], ref=body.ref, daemon=daemon
     )
@@ -96,6 +90,6 @@ async def update_plugin(request: web.Request) -> web.Response:
     response=plugin_admin.PluginChange,
 )
 async def remove_plugin(request: web.Request) -> web.Response:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     change = await plugin_admin.remove(daemon.plugins, request.match_info["name"], daemon=daemon)
     return web.json_response(change.model_dump(mode="json"))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -30,12 +30,20 @@ from pydantic import BaseModel, ValidationError
 from ploinkyd.errors import UserError
 from ploinkyd.roles import Role
 
+if TYPE_CHECKING:
+    from ploinkyd.daemon import Daemon
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
 M = TypeVar("M", bound=BaseModel)
 
 _QUERY = "ploinkyd.query"
 _BODY = "ploinkyd.body"
+DAEMON = web.AppKey["Daemon"]("daemon")
+
+
+def daemon_of(request: web.Request) -> Daemon:
+    return request.app[DAEMON]
 
 
 @dataclass(frozen=True)
@@ -143,11 +151,19 @@ async def parse_inputs(request: web.Request, endpoint: Endpoint) -> None:
         if not raw.strip() and endpoint.body_optional:
             request[_BODY] = endpoint.body()
             return
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
-        request[_BODY] = _validate(endpoint.body, data, "request body")
+        request[_BODY] = _validate(endpoint.body, _loads(raw), "request body")
+
+
+async def json_body(request: web.Request) -> Any:
+    """The body as JSON, for a handler that validates it itself; not JSON is a 400."""
+    return _loads(await request.read())
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
 
 
 def _validate(model: type[M], data: Any, what: str) -> M:
@@ -164,6 +180,12 @@ def _validate(model: type[M], data: Any, what: str) -> M:
 
 def query_of(request: web.Request, model: type[M]) -> M:
     return cast(M, request[_QUERY])
+
+
+def parsed_query(request: web.Request) -> BaseModel | None:
+    """The validated query model of the request's endpoint, if it declares one."""
+    query: BaseModel | None = request.get(_QUERY)
+    return query
 
 
 def body_of(request: web.Request, model: type[M]) -> M:

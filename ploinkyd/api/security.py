@@ -67,9 +67,8 @@ class Guard:
     # ---- identity -----------------------------------------------------------------------
 
     def identify(self, request: web.Request) -> Principal:
-        sock = request.transport.get_extra_info("socket") if request.transport else None
-        unix = sock is not None and sock.family == socket.AF_UNIX
-        kind = "unix" if unix else "tcp"
+        sock = _unix_socket(request)
+        kind = "unix" if sock is not None else "tcp"
         auth = request.headers.get("Authorization")
         if auth is not None:
             scheme, _, token = auth.partition(" ")
@@ -85,7 +84,7 @@ class Guard:
                     "(see 'ploinkyd token list')"
                 )
             return Principal(f"token:{info.name}", info.role, kind, f"token:{info.name}")
-        if unix and sock is not None:
+        if sock is not None:
             pid, uid, gid = _UCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
             )
@@ -185,11 +184,13 @@ class Guard:
         request: web.Request,
         principal: Principal | None,
         endpoint: Endpoint | None,
+        mutating: bool,
         status: int,
         error: str | None,
         started: float,
     ) -> None:
-        """Record the call if it mutates or was denied; ``principal`` None: not identified."""
+        """Record the call if it mutates or was denied; ``principal`` None: not identified.
+        ``endpoint`` None: aiohttp's own 404/405, or a plugin's route (audited like any other)."""
         if self.audit_log is None:
             return
         outcome: Outcome
@@ -197,22 +198,20 @@ class Guard:
             outcome = "denied"
         elif status == 429:
             outcome = "rate_limited"
-        elif not (endpoint is not None and endpoint.mutating):
+        elif not mutating:
             return  # reads are not audited unless denied
         else:
             outcome = "ok" if status < 400 else "error"
         action = endpoint.action if endpoint is not None else None
         # A handler names the object when the path does not (POST /v1/tokens names a token).
-        target = request.get("audit_target") or (
-            "/".join(request.match_info.values()) if endpoint is not None else ""
-        )
+        target = request.get("audit_target") or "/".join(request.match_info.values())
         self.audit_log.write(
             AuditEntry(
                 ts=now_ts(),
                 request_id=request["request_id"],
                 who=principal.who if principal else f"anonymous@{request.remote or 'unknown'}",
                 role=principal.role if principal else None,
-                transport="unix" if _is_unix(request) else "tcp",
+                transport="unix" if _unix_socket(request) is not None else "tcp",
                 action=action or f"{request.method} {request.path}",
                 target=target or None,
                 outcome=outcome,
@@ -227,9 +226,10 @@ def retry_after(exc: RateLimitedError) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
 
 
-def _is_unix(request: web.Request) -> bool:
+def _unix_socket(request: web.Request) -> socket.socket | None:
+    """The request's connection if it came in on a unix socket."""
     sock = request.transport.get_extra_info("socket") if request.transport else None
-    return sock is not None and sock.family == socket.AF_UNIX
+    return sock if sock is not None and sock.family == socket.AF_UNIX else None
 
 
 def _groups(pid: int, gid: int) -> list[int]:

@@ -23,7 +23,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from ploinkyd import metrics
 from ploinkyd.api import models
 from ploinkyd.api.envelope import REQUEST_ID, error_response, new_request_id, status_code
-from ploinkyd.api.routes import Endpoint, Endpoints, Handler, parse_inputs
+from ploinkyd.api.routes import DAEMON, Endpoint, Endpoints, Handler, parse_inputs, parsed_query
 from ploinkyd.api.security import Guard, Principal, retry_after
 from ploinkyd.audit import AuditLog
 from ploinkyd.errors import PloinkyError, RateLimitedError, UserError
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from ploinkyd.daemon import Daemon
 
 log = logging.getLogger("ploinkyd.api")
-DAEMON = web.AppKey["Daemon"]("daemon")
 GUARD = web.AppKey[Guard]("guard")
 ENDPOINTS = web.AppKey[dict[AbstractRoute, Endpoint]]("endpoints")
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -148,7 +147,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response.headers[REQUEST_ID] = request_id
     mutating = endpoint.mutating if endpoint is not None else request.method not in _READS
     if response.status in (401, 403, 429) or mutating:
-        guard.audit(request, principal, endpoint, response.status, error, started)
+        guard.audit(request, principal, endpoint, mutating, response.status, error, started)
     return response
 
 
@@ -157,9 +156,9 @@ def _time_limit(request: web.Request, endpoint: Endpoint | None, config: ApiConf
         return config.request_timeout
     if not endpoint.timeout:
         return None
-    waits = [request.query.get(name) for name in ("wait", "timeout")] if request.query else []
-    extra = max((float(w) for w in waits if w is not None), default=0.0)
-    return config.request_timeout + extra  # the query model has already checked the numbers
+    query = parsed_query(request)
+    waits = [getattr(query, name, None) for name in ("wait", "timeout")]
+    return config.request_timeout + max((w for w in waits if w is not None), default=0.0)
 
 
 def build_app(daemon: Daemon, guard: Guard) -> web.Application:

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ploinkyd.api import models
 from ploinkyd.api.envelope import paginate
-from ploinkyd.api.routes import Endpoints, query_of
-from ploinkyd.errors import NotFoundError, TaskError, UserError
+from ploinkyd.api.routes import Endpoints, daemon_of, json_body, query_of
+from ploinkyd.errors import NotFoundError, TaskError
 from ploinkyd.kinds import describe_validation, validation_details
 from ploinkyd.queue import submit as producer
 from ploinkyd.queue.task import Task
@@ -61,12 +61,6 @@ class WaitForQuery(BaseModel):
     timeout: float = Field(300.0, ge=0, le=MAX_WAIT_S, description="seconds to wait at most")
 
 
-def _daemon(request: web.Request) -> Daemon:
-    from ploinkyd.api.server import DAEMON
-
-    return request.app[DAEMON]
-
-
 @table.get(
     "/v1/queues",
     summary="List queues with their live counts",
@@ -74,7 +68,7 @@ def _daemon(request: web.Request) -> Daemon:
     response=models.QueuePage,
 )
 async def queues(request: web.Request) -> web.Response:
-    d = _daemon(request)
+    d = daemon_of(request)
     return web.json_response(paginate(request, [d.queue_info(n) for n in sorted(d.queues)]))
 
 
@@ -84,7 +78,7 @@ async def queues(request: web.Request) -> web.Response:
     response=models.QueueDetail,
 )
 async def queue_detail(request: web.Request) -> web.Response:
-    d = _daemon(request)
+    d = daemon_of(request)
     info = d.queue_info(request.match_info["queue"])
     stats = d.queue(request.match_info["queue"]).stats
     info["by_kind"] = dict(stats.succeeded)
@@ -152,12 +146,9 @@ async def submit(
     response=models.SUBMITTED,
 )
 async def submit_task(request: web.Request) -> web.Response:
-    d = _daemon(request)
+    d = daemon_of(request)
     handle = d.queue(request.match_info["queue"])
-    try:
-        body = await request.json(loads=json.loads)
-    except ValueError as exc:
-        raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
+    body = await json_body(request)
     q = query_of(request, SubmitQuery)
     return await submit(d, handle.name, validate_task(d, body), q.id, q.wait, request)
 
@@ -169,7 +160,7 @@ async def submit_task(request: web.Request) -> web.Response:
     response=models.TaskPage,
 )
 async def list_tasks(request: web.Request) -> web.Response:
-    handle = _daemon(request).queue(request.match_info["queue"])
+    handle = daemon_of(request).queue(request.match_info["queue"])
     q = query_of(request, TaskListQuery)
     ids = await asyncio.to_thread(producer.list_ids, handle.layout, q.state)
     page = paginate(request, ids)
@@ -195,7 +186,7 @@ def _with_final_states(layout: Any, items: list[tuple[str, str]]) -> list[dict[s
     response=models.TaskInfo,
 )
 async def get_task(request: web.Request) -> web.Response:
-    d = _daemon(request)
+    d = daemon_of(request)
     handle = d.queue(request.match_info["queue"])
     task_id = request.match_info["id"]
     wait = query_of(request, WaitQuery).wait
@@ -211,7 +202,7 @@ async def get_task(request: web.Request) -> web.Response:
     response=models.TaskInfo,
 )
 async def wait_task(request: web.Request) -> web.Response:
-    d = _daemon(request)
+    d = daemon_of(request)
     handle = d.queue(request.match_info["queue"])
     timeout = query_of(request, WaitForQuery).timeout
     return web.json_response(await wait_for(d, handle.name, request.match_info["id"], timeout))
@@ -226,7 +217,7 @@ async def wait_task(request: web.Request) -> web.Response:
     response=models.CancelRequested,
 )
 async def cancel_task(request: web.Request) -> web.Response:
-    handle = _daemon(request).queue(request.match_info["queue"])
+    handle = daemon_of(request).queue(request.match_info["queue"])
     task_id = request.match_info["id"]
     await asyncio.to_thread(producer.request_cancel, handle.layout, task_id)
     handle.runner.request_cancel(task_id)  # at once, without waiting for the file event

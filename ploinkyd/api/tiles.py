@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -10,12 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ploinkyd.api import models
 from ploinkyd.api.envelope import paginate
-from ploinkyd.api.routes import Endpoints, query_of
+from ploinkyd.api.routes import Endpoints, daemon_of, json_body, query_of
 from ploinkyd.api.tasks import PageQuery
 from ploinkyd.errors import DaemonUnavailable, UserError
 
 if TYPE_CHECKING:
-    from ploinkyd.daemon import Daemon
     from ploinkyd.tiles.service import TileService
 
 table = Endpoints("tiles")
@@ -32,9 +30,7 @@ class ExplainQuery(BaseModel):
 
 
 def _tiles(request: web.Request) -> TileService:
-    from ploinkyd.api.server import DAEMON
-
-    daemon: Daemon = request.app[DAEMON]
+    daemon = daemon_of(request)
     if daemon.tiles is None:
         raise DaemonUnavailable("the tile service is not running yet")
     return daemon.tiles
@@ -112,10 +108,7 @@ async def explain(request: web.Request) -> web.Response:
     """Body: a pipeline task, or just its ``input`` object. ``?format=text`` adds the text."""
     from ploinkyd.tiles.compiler import explain as explain_text
 
-    try:
-        body = await request.json(loads=json.loads)
-    except ValueError as exc:
-        raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
+    body = await json_body(request)
     pipeline, queue = pipeline_of(body)
     plan = _tiles(request).plan(pipeline, query_of(request, ExplainQuery).queue or queue)
     out = plan.model_dump(mode="json")

@@ -7,7 +7,8 @@ a restore.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -132,3 +133,15 @@ class Snapshot(_Strict):
     warnings: list[str] = Field(default_factory=list)
     summary: SnapshotSummary = Field(default_factory=SnapshotSummary)
     program_version: str = ""
+
+    def has_tags(self, wanted: Sequence[str]) -> bool:
+        """restic's ``--tag`` rule: each entry is a comma-separated set the snapshot must carry
+        all of; any one entry is enough; no entries match every snapshot."""
+        if not wanted:
+            return True
+        carried = set(self.tags)
+        return any(carried.issuperset(t.strip() for t in entry.split(",")) for entry in wanted)
+
+    def listing(self, sid: str) -> dict[str, Any]:
+        """The snapshot with its id, as ``backup list --json`` and the API show it."""
+        return {"id": sid, **self.model_dump()}

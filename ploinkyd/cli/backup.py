@@ -13,7 +13,6 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -187,10 +186,6 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _snap_json(sid: str, snap: Snapshot) -> dict[str, Any]:
-    return {"id": sid, **snap.model_dump()}
-
-
 def _meter(args: argparse.Namespace, meter: progress.Meter) -> progress.Meter | None:
     return meter if progress.wanted(args.json) else None
 
@@ -235,7 +230,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         _meter(args, progress.CREATE),
     )
     if args.json:
-        output.emit_json(_snap_json(sid, snap))
+        output.emit_json(snap.listing(sid))
         return 0
     s = snap.summary
     added, stored = output.human_size(s.bytes_added_raw), output.human_size(s.bytes_added_stored)
@@ -251,13 +246,6 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tags_match(snap: Snapshot, wanted: Sequence[str]) -> bool:
-    if not wanted:
-        return True
-    carried = set(snap.tags)
-    return any(carried.issuperset(t.strip() for t in entry.split(",")) for entry in wanted)
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     repo = BackupCli(args).open()
     snaps = [
@@ -265,10 +253,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         for sid, s in repo.snapshots()
         if (args.job is None or s.job == args.job)
         and (args.host is None or s.host == args.host)
-        and _tags_match(s, args.tag)
+        and s.has_tags(args.tag)
     ]
     if args.json:
-        output.emit_json({"data": [_snap_json(sid, s) for sid, s in snaps]})
+        output.emit_json({"data": [s.listing(sid) for sid, s in snaps]})
         return 0
     rows = [
         {
@@ -341,7 +329,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             _ls(nodes)
         return 0
     if args.json:
-        output.emit_json(_snap_json(sid, snap))
+        output.emit_json(snap.listing(sid))
         return 0
     s = snap.summary
     info: dict[str, Any] = {

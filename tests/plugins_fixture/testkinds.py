@@ -98,6 +98,10 @@ async def block(request: web.Request) -> web.Response:
     return web.json_response({"blocked": seconds})
 
 
+async def poke(request: web.Request) -> web.Response:
+    return web.json_response({"poked": True})
+
+
 @hookimpl
 def ploinkyd_api_routes() -> list[web.RouteDef]:
-    return [web.get("/slow", slow), web.get("/block", block)]
+    return [web.get("/slow", slow), web.get("/block", block), web.post("/poke", poke)]
