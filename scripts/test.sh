@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/test-servers.sh
 bash scripts/systemd-tools.sh
+bash scripts/fault-tools.sh
 # A Docker engine and the images the tile and systemd tests run (each a no-op when present).
 bash scripts/docker-engine.sh
 bash scripts/tile-images.sh

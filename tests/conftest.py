@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.daemon_harness import DaemonProc, new_daemon
+from tests.fault_figures import BOOK, FigureBook, soak_factor
 
 
 @pytest.fixture
@@ -45,3 +46,29 @@ def fast_dir(tmp_path: Path) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ploinkyd-test-", dir=shm))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+class Figures:
+    """``figures.report("3 of 3 ...", lost=0)``: one line in the run's fault-figures summary."""
+
+    def __init__(self, book: FigureBook, test: str) -> None:
+        self._book, self._test = book, test
+
+    def report(self, summary: str, **figures: Any) -> None:
+        print(summary)
+        self._book.report(self._test, summary, **figures)
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    return Figures(BOOK, request.node.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not BOOK.lines:
+        return
+    factor = soak_factor()
+    title = "fault figures" + (f" (soak x{factor})" if factor > 1 else "")
+    terminalreporter.write_sep("=", title)
+    for test, summary in BOOK.lines:
+        terminalreporter.write_line(f"{test}: {summary}")

@@ -93,11 +93,17 @@ def try_claim(layout: QueueLayout, task_id: str, me: Identity, attempt: int, now
         "attempt": attempt,
     }
     # Not fsynced: after a crash a lock without owner.json is judged by its age alone.
-    fd = os.open(lock / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, json.dumps(owner).encode())
-    finally:
-        os.close(fd)
+        fd = os.open(lock / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, json.dumps(owner).encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        # Disk full, say: a lock we cannot sign would only wait out its grace period. Give the
+        # claim back at once and let the caller see why.
+        release(layout, task_id)
+        raise
     return True
 
 
