@@ -366,76 +366,129 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def _age(layout: QueueLayout, task_id: str, seconds: float, me: locks.Identity) -> None:
-    past = layout.fs_now(me.node) - seconds
-    os.utime(layout.lock_dir(task_id), (past, past))
+class Ticks:
+    """A monotonic clock the test moves by hand, for ``locks.HeartbeatWatch``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def _judge(layout: QueueLayout, task_id: str, me: locks.Identity) -> locks.Verdict:
-    verdict = locks.judge(layout, task_id, me, 60.0, layout.fs_now(me.node))
+@pytest.fixture
+def ticks(monkeypatch: pytest.MonkeyPatch) -> Ticks:
+    """Drive the process-wide heartbeat watch (the one the runner's recovery uses) by hand."""
+    t = Ticks()
+    monkeypatch.setattr(locks, "HEARTBEATS", locks.HeartbeatWatch(t))
+    return t
+
+
+def _judge(
+    layout: QueueLayout, task_id: str, me: locks.Identity, watch: locks.HeartbeatWatch
+) -> locks.Verdict:
+    verdict = locks.judge(layout, task_id, me, 60.0, watch)
     assert verdict is not None
     return verdict
 
 
-def test_judge_same_node_dead_pid_is_stale_at_once(layout: QueueLayout) -> None:
+@pytest.fixture
+def watch(ticks: Ticks) -> locks.HeartbeatWatch:
+    return locks.HeartbeatWatch(ticks)
+
+
+def test_judge_same_node_dead_pid_is_stale_at_once(
+    layout: QueueLayout, watch: locks.HeartbeatWatch, ticks: Ticks
+) -> None:
     me = identity("n1")
     gone = locks.Identity(me.node, me.boot_id, dead_pid(), None, "other-daemon")
     assert locks.try_claim(layout, "a", gone, 1, T0)
-    verdict = _judge(layout, "a", me)
+    verdict = _judge(layout, "a", me, watch)
     assert verdict.stale and "pid" in verdict.reason
     assert locks.break_lock(layout, "a", verdict.inode)
     assert not layout.lock_dir("a").exists()
 
 
-def test_judge_same_node_live_pid_is_held(layout: QueueLayout) -> None:
+def test_judge_same_node_live_pid_is_held(
+    layout: QueueLayout, watch: locks.HeartbeatWatch, ticks: Ticks
+) -> None:
     me = identity("n1")
     other_daemon = identity("n1")  # this very process, another daemon id
     assert locks.try_claim(layout, "a", other_daemon, 1, T0)
-    assert not _judge(layout, "a", me).stale
-    assert not _judge(layout, "a", other_daemon).stale  # "held by this daemon"
+    assert not _judge(layout, "a", me, watch).stale
+    assert not _judge(layout, "a", other_daemon, watch).stale  # "held by this daemon"
 
 
-def test_judge_same_node_other_boot_is_stale(layout: QueueLayout) -> None:
+def test_judge_same_node_other_boot_is_stale(
+    layout: QueueLayout, watch: locks.HeartbeatWatch, ticks: Ticks
+) -> None:
     me = identity("n1")
     assert locks.try_claim(layout, "a", identity("n1", boot_id="an-earlier-boot"), 1, T0)
-    verdict = _judge(layout, "a", me)
+    verdict = _judge(layout, "a", me, watch)
     assert verdict.stale and "reboot" in verdict.reason
 
 
-def test_judge_other_node_by_heartbeat_in_filesystem_time(layout: QueueLayout) -> None:
+def test_judge_other_node_by_a_heartbeat_that_stops_moving(
+    layout: QueueLayout, watch: locks.HeartbeatWatch, ticks: Ticks
+) -> None:
     me, other = identity("n1"), identity("n2")
     assert locks.try_claim(layout, "a", other, 1, T0)
-    assert not _judge(layout, "a", me).stale
-    _age(layout, "a", 59, me)
-    assert not _judge(layout, "a", me).stale
-    locks.heartbeat(layout, ["a"])
-    assert not _judge(layout, "a", me).stale
-    _age(layout, "a", 120, me)
-    verdict = _judge(layout, "a", me)
-    assert verdict.stale and "heartbeat" in verdict.reason
+    assert not _judge(layout, "a", me, watch).stale
+    ticks.now += 59
+    assert not _judge(layout, "a", me, watch).stale
+    os.utime(layout.lock_dir("a"), (T0 + 1, T0 + 1))  # a heartbeat: the count starts again
+    ticks.now += 59
+    assert not _judge(layout, "a", me, watch).stale
+    ticks.now += 59
+    assert not _judge(layout, "a", me, watch).stale
+    ticks.now += 2
+    verdict = _judge(layout, "a", me, watch)
+    assert verdict.stale and "heartbeat" in verdict.reason and verdict.quiet == 61
     assert verdict.owner is not None and verdict.owner.node == "n2"
+
+
+@pytest.mark.parametrize("skew", [-7200.0, 7200.0])
+def test_judge_ignores_how_far_a_heartbeat_is_from_any_clock(
+    layout: QueueLayout, watch: locks.HeartbeatWatch, ticks: Ticks, skew: float
+) -> None:
+    """A node whose clock is two hours off stamps its heartbeats in its own time."""
+    me, other = identity("n1"), identity("n2")
+    assert locks.try_claim(layout, "a", other, 1, T0)
+    stamp = layout.fs_now(me.node) + skew
+    for _ in range(10):  # a live owner, an hour off, beating every 20 s
+        stamp += 20
+        os.utime(layout.lock_dir("a"), (stamp, stamp))
+        assert not _judge(layout, "a", me, watch).stale
+        ticks.now += 20
+    ticks.now += 40  # then it dies: 60 s without a beat
+    assert _judge(layout, "a", me, watch).stale
 
 
 @pytest.mark.parametrize("owner_bytes", [None, b"", b"{not json", b'{"node": 3}', b"[]"])
 def test_judge_lock_without_readable_owner_gets_a_grace_period(
-    layout: QueueLayout, owner_bytes: bytes | None
+    layout: QueueLayout, watch: locks.HeartbeatWatch, ticks: Ticks, owner_bytes: bytes | None
 ) -> None:
     me = identity("n1")
     layout.lock_dir("a").mkdir()
     if owner_bytes is not None:
         (layout.lock_dir("a") / locks.OWNER_FILE).write_bytes(owner_bytes)
-    verdict = _judge(layout, "a", me)
+    verdict = _judge(layout, "a", me, watch)
     assert not verdict.stale and verdict.owner is None
-    _age(layout, "a", 61, me)
-    assert _judge(layout, "a", me).stale
-    assert locks.judge(layout, "missing", me, 60.0, layout.fs_now(me.node)) is None
+    ticks.now += 59
+    assert not _judge(layout, "a", me, watch).stale
+    ticks.now += 2
+    assert _judge(layout, "a", me, watch).stale
+    assert locks.judge(layout, "missing", me, 60.0, watch) is None
 
 
-def test_break_lock_refuses_a_lock_that_was_replaced(layout: QueueLayout) -> None:
+def test_break_lock_refuses_a_lock_that_was_replaced(
+    layout: QueueLayout, watch: locks.HeartbeatWatch, ticks: Ticks
+) -> None:
     me, other = identity("n1"), identity("n2")
     assert locks.try_claim(layout, "a", other, 1, T0)
-    _age(layout, "a", 120, me)
-    verdict = _judge(layout, "a", me)
+    assert not _judge(layout, "a", me, watch).stale
+    ticks.now += 120
+    verdict = _judge(layout, "a", me, watch)
     assert verdict.stale
     # Meanwhile another node broke it and claimed afresh (the old dir still exists elsewhere,
     # so the new one cannot reuse its inode).
@@ -457,7 +510,9 @@ def test_claim_is_exclusive(layout: QueueLayout) -> None:
     assert locks.try_claim(layout, "a", identity("n2"), 1, T0)
 
 
-async def test_recover_takes_over_a_stale_lock_so_the_task_runs(h: QueueHarness) -> None:
+async def test_recover_takes_over_a_stale_lock_so_the_task_runs(
+    h: QueueHarness, ticks: Ticks
+) -> None:
     other = identity("n2")
     h.drop("stuck", {"kind": "record"})
     assert locks.try_claim(h.layout, "stuck", other, 1, T0)
@@ -468,8 +523,9 @@ async def test_recover_takes_over_a_stale_lock_so_the_task_runs(h: QueueHarness)
     )
     report = await runner.recover()
     assert report.broken == []  # the other node's heartbeat is fresh
-    me = identity("n1")
-    _age(h.layout, "stuck", 120, me)
+    ticks.now += 59
+    assert (await runner.recover()).broken == []
+    ticks.now += 2  # 61 s without a heartbeat
     report = await runner.recover()
     assert [task_id for task_id, _ in report.broken] == ["stuck"]
     assert runner.stats.lock_takeovers == 1
@@ -478,7 +534,7 @@ async def test_recover_takes_over_a_stale_lock_so_the_task_runs(h: QueueHarness)
     assert h.task_names() == set() and h.lock_names() == set()
 
 
-async def test_recover_housekeeping(h: QueueHarness) -> None:
+async def test_recover_housekeeping(h: QueueHarness, ticks: Ticks) -> None:
     layout, retention = h.layout, 3600.0
     runner = h.runner(start=False, lock_timeout=60.0, retention=retention)
     fs_now = layout.fs_now("n1")
@@ -488,7 +544,8 @@ async def test_recover_housekeeping(h: QueueHarness) -> None:
 
     # An orphan: this daemon's own lock with no task behind it and no one holding it.
     assert locks.try_claim(layout, "orphan", runner.me, 1, T0)
-    backdate(layout.lock_dir("orphan"), 120)
+    assert (await runner.recover()).orphans == 0  # first sighting
+    ticks.now += 61
     # A lock whose claim is still being made: kept.
     layout.lock_dir("young").mkdir()
     old_tmp, new_tmp = layout.tmp / "old.tmp", layout.tmp / "new.tmp"

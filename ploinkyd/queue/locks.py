@@ -1,8 +1,14 @@
 """Claims: ``mkdir locks/<id>`` plus ``owner.json``, heartbeats and stale-lock takeover.
 
 ``mkdir`` is atomic on every POSIX filesystem including NFS, so exactly one claimant wins. A
-lock's mtime is its heartbeat. Staleness is judged in the filesystem's clock (see
-``QueueLayout.fs_now``) so nodes with skewed clocks agree.
+lock's mtime is its heartbeat.
+
+Staleness is never judged by comparing a lock's timestamps with a clock. The judge watches the
+heartbeat instead: a lock whose timestamps have not moved for ``lock_timeout``, timed on the
+judge's own monotonic clock, is abandoned. Timestamps are set by whoever writes them (an sshfs or
+NFS client may send its own time, a node's clock may be hours off), so "how old is this mtime"
+has no answer two nodes agree on; "has it changed" does. The price: a node must watch a lock for
+``lock_timeout`` before it can break it, even when the owner died long ago.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ import json
 import os
 import secrets
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,10 +147,63 @@ class Verdict:
     reason: str
     inode: int
     owner: Owner | None
+    quiet: float = 0.0  # seconds the lock's heartbeat has stood still, as watched here
+
+
+@dataclass
+class _Sighting:
+    inode: int
+    stamp: tuple[int, int]
+    since: float
+
+
+class HeartbeatWatch:
+    """How long each path's timestamps have stood still, as this process has watched them.
+
+    A path's stamp is its (mtime, ctime) pair: any heartbeat, rename or write moves one of them.
+    The first sighting, or any change, starts the count again from zero.
+    """
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        self._seen: dict[str, _Sighting] = {}
+        self._mutex = threading.Lock()  # recovery passes of several queues run in threads
+
+    def quiet_for(self, path: os.PathLike[str] | str, st: os.stat_result) -> float:
+        key, stamp = os.fspath(path), (st.st_mtime_ns, st.st_ctime_ns)
+        now = self.monotonic()
+        with self._mutex:
+            seen = self._seen.get(key)
+            if seen is None or seen.inode != st.st_ino or seen.stamp != stamp:
+                self._seen[key] = _Sighting(st.st_ino, stamp, now)
+                return 0.0
+            return now - seen.since
+
+    def forget_missing(self, directory: os.PathLike[str] | str, present: set[str]) -> None:
+        """Drop what was watched in ``directory`` but is no longer there."""
+        prefix = os.path.join(os.fspath(directory), "")
+        with self._mutex:
+            gone = [
+                k for k in self._seen if k.startswith(prefix) and os.path.basename(k) not in present
+            ]
+            for k in gone:
+                del self._seen[k]
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+# What this process has watched of every queue's locks (and tmp files): facts about paths, so
+# one watch serves every queue and survives a config reload.
+HEARTBEATS = HeartbeatWatch()
 
 
 def judge(
-    layout: QueueLayout, task_id: str, me: Identity, lock_timeout: float, fs_now: float
+    layout: QueueLayout,
+    task_id: str,
+    me: Identity,
+    lock_timeout: float,
+    watch: HeartbeatWatch | None = None,
 ) -> Verdict | None:
     """Decide whether the lock of ``task_id`` is abandoned; None when there is no lock."""
     lock = layout.lock_dir(task_id)
@@ -149,25 +211,27 @@ def judge(
         st = os.lstat(lock)
     except FileNotFoundError:
         return None
-    age = fs_now - st.st_mtime
+    quiet = (watch or HEARTBEATS).quiet_for(lock, st)
     owner = read_owner(lock)
     if owner is None:
-        # It may be being created this instant, so only its age can condemn it.
-        if age > lock_timeout:
-            return Verdict(True, f"no readable owner.json and idle {age:.0f}s", st.st_ino, None)
-        return Verdict(False, "owner.json missing, within grace period", st.st_ino, None)
+        # It may be being created this instant, so only a long silence can condemn it.
+        if quiet >= lock_timeout:
+            return Verdict(
+                True, f"no readable owner.json and idle {quiet:.0f}s", st.st_ino, None, quiet
+            )
+        return Verdict(False, "owner.json missing, within grace period", st.st_ino, None, quiet)
     if owner.node == me.node:
         if owner.boot_id != me.boot_id:
-            return Verdict(True, "owner's node has rebooted", st.st_ino, owner)
+            return Verdict(True, "owner's node has rebooted", st.st_ino, owner, quiet)
         if owner.daemon_id == me.daemon_id:
-            return Verdict(False, "held by this daemon", st.st_ino, owner)
+            return Verdict(False, "held by this daemon", st.st_ino, owner, quiet)
         if not pid_alive(owner.pid, owner.pid_start):
-            return Verdict(True, f"owner pid {owner.pid} is gone", st.st_ino, owner)
-    if age > lock_timeout:
+            return Verdict(True, f"owner pid {owner.pid} is gone", st.st_ino, owner, quiet)
+    if quiet >= lock_timeout:
         return Verdict(
-            True, f"no heartbeat from node {owner.node!r} for {age:.0f}s", st.st_ino, owner
+            True, f"no heartbeat from node {owner.node!r} for {quiet:.0f}s", st.st_ino, owner, quiet
         )
-    return Verdict(False, f"held by node {owner.node!r} pid {owner.pid}", st.st_ino, owner)
+    return Verdict(False, f"held by node {owner.node!r} pid {owner.pid}", st.st_ino, owner, quiet)
 
 
 def break_lock(layout: QueueLayout, task_id: str, inode: int) -> bool:
@@ -180,9 +244,10 @@ def break_lock(layout: QueueLayout, task_id: str, inode: int) -> bool:
     aside = layout.locks / f".broken.{task_id}.{secrets.token_hex(4)}"
     try:
         os.rename(lock, aside)
+        renamed = os.lstat(aside).st_ino
     except FileNotFoundError:
         return False
-    if os.lstat(aside).st_ino != inode:
+    if renamed != inode:
         with contextlib.suppress(OSError):
             os.rename(aside, lock)
         return False

@@ -2,6 +2,10 @@
 
 Breaks stale locks (so their tasks run again), removes orphan locks, purges old ``tmp/`` files,
 expires records past the queue's retention and drops cancel requests that were served.
+
+Locks are judged by watching their heartbeats (``locks.HeartbeatWatch``), never by comparing
+their timestamps with a clock. Ages of hours or days (``tmp/`` files, retention) are read in the
+filesystem's clock, ``QueueLayout.fs_now``: there a few seconds of skew do not matter.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ploinkyd.queue import locks
 from ploinkyd.queue.intake import task_id_of
@@ -37,26 +42,29 @@ def recover(
     held: frozenset[str],
     lock_timeout: float,
     retention: float,
+    watch: locks.HeartbeatWatch | None = None,
 ) -> RecoveryReport:
     report = RecoveryReport()
+    watch = watch or locks.HEARTBEATS  # looked up per call: tests swap in a hand-moved clock
     fs_now = layout.fs_now(me.node)
     _purge_tmp(layout, fs_now, report)
     with os.scandir(layout.locks) as it:
         lock_names = [e.name for e in it]
+    watch.forget_missing(layout.locks, set(lock_names))
     for name in lock_names:
         if name.startswith(".broken."):
-            _remove_if_old(layout.locks / name, fs_now, lock_timeout)
+            _remove_if_quiet(layout.locks / name, watch, lock_timeout)
             continue
         if name.startswith(".") or name in held:
             continue
-        verdict = locks.judge(layout, name, me, lock_timeout, fs_now)
+        verdict = locks.judge(layout, name, me, lock_timeout, watch)
         if verdict is None:
             continue
         task_exists = os.path.lexists(layout.task_file(name)) or _is_rejected(name)
         if not verdict.stale:
             # Live owners heartbeat only while their task exists; a lock of this very daemon
             # that it no longer holds, idle and without a task, is left over from a cleanup.
-            if not task_exists and fs_now - _mtime(layout.lock_dir(name)) > lock_timeout:
+            if not task_exists and verdict.quiet >= lock_timeout:
                 locks.release(layout, name)
                 report.orphans += 1
             continue
@@ -86,8 +94,14 @@ def _mtime(path: os.PathLike[str] | str) -> float:
         return time.time()
 
 
-def _remove_if_old(path: os.PathLike[str], fs_now: float, age: float) -> None:
-    if fs_now - _mtime(path) > age:
+def _remove_if_quiet(path: Path, watch: locks.HeartbeatWatch, quiet: float) -> None:
+    """A broken lock set aside: its breaker removes it at once; if that breaker died, it is
+    garbage once it has stood still for a while (its breaker may still be checking it)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if watch.quiet_for(path, st) >= quiet:
         shutil.rmtree(path, ignore_errors=True)
 
 
