@@ -48,7 +48,7 @@ class ApiError(PloinkyError):
         )
         self.http_status = status
         self.request_id = body.get("request_id")
-        self.exit_code = {400: 2, 401: 77, 403: 77, 404: 4, 409: 5, 429: 75}.get(status, 1)
+        self.exit_code = {400: 2, 401: 77, 403: 77, 404: 4, 409: 5, 429: 75, 507: 75}.get(status, 1)
 
 
 class Client:

@@ -19,6 +19,7 @@ import os
 import pwd
 import re
 import socket
+import sys
 import tomllib
 import types
 from collections.abc import Mapping
@@ -85,6 +86,13 @@ _QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN, re.ASCII)
 _BACKUP_NAME = re.compile(BACKUP_NAME_PATTERN, re.ASCII)
 _HOST_PORT = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]]+)):(\d{1,5})", re.ASCII)
 _DURATION_HINT = "(seconds, or a string like '90s', '5m', '2h', '7d', '1w')"
+# Real configs nest a few levels; merging and validating recurse, so a limit keeps a
+# pathological file an error message instead of a RecursionError.
+MAX_NESTING = 64
+_TOO_DEEP = f"tables and arrays nest more than {MAX_NESTING} levels deep"
+_FORM_ERRORS = frozenset(
+    {"string_too_short", "string_too_long", "string_pattern_mismatch", "too_short", "too_long"}
+)
 _BOUNDS = {"gt": "greater than", "ge": "of at least", "le": "of at most", "lt": "less than"}
 
 
@@ -698,36 +706,101 @@ def _read_file(path: Path, *, missing_ok: bool) -> dict[str, Any] | None:
         raise _error(str(path), "", "config file not found") from None
     except OSError as exc:
         raise _error(str(path), "", f"cannot read config file: {exc.strerror}") from None
+    return _parse_bytes(raw, str(path), json_format=path.suffix.lower() == ".json")
+
+
+def _parse_bytes(raw: bytes, source: str, *, json_format: bool) -> dict[str, Any]:
+    """The table of a config file's bytes (TOML, or JSON when ``json_format``); any problem
+    is a ``ConfigError`` naming ``source`` (and the line, for a syntax error)."""
     data: object
-    if path.suffix.lower() == ".json":
+    if json_format:
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno}, column {exc.colno}"
-            raise _error(str(path), "", f"{where}: invalid JSON: {exc.msg}") from None
-        except (ValueError, RecursionError) as exc:
-            raise _error(str(path), "", f"invalid JSON: {exc}") from None
+            raise _error(source, "", f"{where}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise _error(source, "", _TOO_DEEP) from None
+        except ValueError as exc:
+            raise _error(source, "", f"invalid JSON: {_number_problem(exc)}") from None
     else:
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise _error(str(path), "", f"not UTF-8 text: {exc.reason}") from None
+            raise _error(source, "", f"not UTF-8 text: {exc.reason}") from None
         except tomllib.TOMLDecodeError as exc:
             text = str(exc)
-            at = re.search(r"\(at line (\d+), column (\d+)\)$", text)
-            where = f"line {at[1]}, column {at[2]}: " if at else ""
-            msg = text[: at.start()].strip() if at else text
-            raise _error(str(path), "", f"{where}TOML syntax error: {msg}") from None
+            at = re.search(r"\(at (?:line (\d+), column (\d+)|end of document)\)$", text)
+            if at is None:
+                raise _error(source, "", f"TOML syntax error: {text}") from None
+            where = f"line {at[1]}, column {at[2]}" if at[1] else "end of file"
+            msg = text[: at.start()].strip()
+            raise _error(source, "", f"{where}: TOML syntax error: {msg}") from None
+        except RecursionError:
+            raise _error(source, "", _TOO_DEEP) from None
+        except ValueError as exc:  # tomllib lets int()'s own error through
+            raise _error(source, "", f"invalid TOML: {_number_problem(exc)}") from None
     if not isinstance(data, dict):
-        raise _error(str(path), "", "the top level must be a table (an object)")
+        raise _error(source, "", "the top level must be a table (an object)")
+    if _nesting(data) > MAX_NESTING:
+        raise _error(source, "", _TOO_DEEP)
+    nul = _nul_at(data)
+    if nul is not None:
+        # No path, name, URL or command can hold one; refused here rather than at first use.
+        raise _error(source, nul, "holds a NUL character (\\u0000); remove it")
     return data
 
 
-def _parse_env_value(text: str) -> Any:
+def _nul_at(value: Any) -> str | None:
+    """The dotted key of the first key or string holding a NUL character, if any."""
+    stack: list[tuple[Any, Key]] = [(value, ())]
+    while stack:
+        item, loc = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return _dotted(loc)
+        if isinstance(item, list):
+            stack.extend((child, (*loc, i)) for i, child in enumerate(item))
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    return _dotted((*loc, key.replace("\x00", "\\u0000")))
+                stack.append((child, (*loc, key)))
+    return None
+
+
+def _number_problem(exc: ValueError) -> str:
+    if "digits" in str(exc):
+        return (
+            "a number has more digits than can be read (at most "
+            f"{sys.get_int_max_str_digits()}); write it as a string or a smaller number"
+        )
+    return str(exc)
+
+
+def _nesting(value: Any) -> int:
+    """How deep tables and arrays nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _parse_env_value(text: str, label: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (ValueError, RecursionError):
         return text
+    if _nesting(value) > MAX_NESTING:
+        raise _error(label, "", _TOO_DEEP)
+    return value
 
 
 def _env_layers(env: Mapping[str, str]) -> list[Layer]:
@@ -750,7 +823,7 @@ def _env_layers(env: Mapping[str, str]) -> list[Layer]:
                 "cannot map this name to a config key; write "
                 "PLOINKY_SECTION__KEY, e.g. PLOINKY_QUEUE_DEFAULTS__CONCURRENCY",
             )
-        generic.append((_nest(parts, _parse_env_value(value)), label))
+        generic.append((_nest(parts, _parse_env_value(value, label)), label))
     # Shortcuts come last so the well-known names win over a generic spelling of the same key.
     return generic + shortcuts
 
@@ -842,6 +915,7 @@ def explain_error(err: Any, loc: Key, root: type[BaseModel] | None = None) -> st
     kind = err["type"]
     if kind == "extra_forbidden":
         parent, _ = _type_at(loc[:-1], root)
+        parent = _unwrap(parent)  # an optional table: `command: CommandDecl | None`
         allowed = list(parent.model_fields) if _is_model(parent) else []
         text = f"unknown key {loc[-1]!r} (allowed: {', '.join(allowed)})"
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
@@ -853,6 +927,9 @@ def explain_error(err: Any, loc: Key, root: type[BaseModel] | None = None) -> st
     cause = err.get("ctx", {}).get("error")
     if kind == "value_error" and cause is not None and not _is_duration(info):
         return str(cause)  # our own validators already say what is allowed
+    if kind in _FORM_ERRORS:  # the type is right, its length or form is not: say so
+        text = err["msg"][0].lower() + err["msg"][1:]  # pydantic's own words give the count
+        return text if kind.startswith("too_") else f"{text}, got {_show(err.get('input'))}"
     if allowed_text is None:
         return f"{err['msg']}, got {_show(err.get('input'))}"
     return f"must be {allowed_text}, got {_show(err.get('input'))}"

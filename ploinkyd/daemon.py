@@ -148,9 +148,14 @@ class Daemon:
         if degraded:
             state = f"degraded ({degraded})"
         queues = f"{len(self.queues)} queue{'s' if len(self.queues) != 1 else ''}"
-        return (
+        line = (
             f"{state}: {queues}, {pending} pending, {running} running, {done} done, {failed} failed"
         )
+        # What needs an operator goes into the line systemctl status shows, too.
+        alerts = [
+            f"queue {n}: {a}" for n, h in sorted(self.queues.items()) for a in h.runner.alerts()
+        ]
+        return "; ".join([line, *alerts])
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -533,4 +538,5 @@ class Daemon:
             "max_task_bytes": t.max_task_bytes,
             "retention": t.retention,
             **h.runner.snapshot(),
+            "alerts": h.runner.alerts(),
         }

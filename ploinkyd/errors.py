@@ -19,6 +19,7 @@ exit codes), a ``message`` a person can act on, and JSON-able ``details``::
     │   └── ObjectNotFound       the named object does not exist (never retried)
     ├── RepositoryDamaged    a backup repository object fails its checks (bytes changed)
     ├── DaemonUnavailable    the CLI cannot reach the control socket       (exit 69)
+    ├── NoSpaceError         a queue's filesystem is full or over quota    (HTTP 507)
     └── InternalError        a bug in ploinkyd itself
 """
 
@@ -193,6 +194,15 @@ class DaemonUnavailable(PloinkyError):
     code = "DAEMON_UNAVAILABLE"
     http_status = 503
     exit_code = 69  # EX_UNAVAILABLE
+
+
+class NoSpaceError(PloinkyError):
+    """A write to a queue failed for want of space (``ENOSPC``/``EDQUOT``): nothing was kept,
+    and the same request succeeds once an operator frees space."""
+
+    code = "NO_SPACE"
+    http_status = 507
+    exit_code = 75  # EX_TEMPFAIL
 
 
 class InternalError(PloinkyError):

@@ -6,6 +6,7 @@ else wants to follow along. Event types::
 
     task.started task.succeeded task.failed task.cancelled task.retrying task.deferred
     task.released
+    queue.disk_full queue.disk_ok
     agent.started agent.stopped agent.restarted agent.failed
     plugin.installed plugin.updated plugin.removed
     backup.started backup.finished

@@ -53,7 +53,18 @@ class DaemonCollector:
         rescans = CounterMetricFamily("ploinkyd_rescans", "Names-only rescans", labels=["queue"])
         record_failures = CounterMetricFamily(
             "ploinkyd_record_write_failures",
-            "Records that could not be written yet (disk full?) and are being retried",
+            "Failed attempts to write a record or a retried task (disk full?); each is retried",
+            labels=["queue"],
+        )
+        disk_full = GaugeMetricFamily(
+            "ploinkyd_queue_disk_full",
+            "1 while a queue's filesystem has no space (or quota) left: claims are paused and "
+            "records wait in memory",
+            labels=["queue"],
+        )
+        records_waiting = GaugeMetricFamily(
+            "ploinkyd_queue_records_waiting",
+            "Records and retried tasks held in memory until they can be written",
             labels=["queue"],
         )
         latency = HistogramMetricFamily(
@@ -76,6 +87,9 @@ class DaemonCollector:
             takeovers.add_metric([name], s.lock_takeovers)
             rescans.add_metric([name], s.rescans)
             record_failures.add_metric([name], s.record_failures)
+            space = h.runner.space
+            disk_full.add_metric([name], 1 if space.full else 0)
+            records_waiting.add_metric([name], space.records_waiting + space.retries_waiting)
             cumulative, buckets = 0, []
             for bound, n in zip((*LATENCY_BUCKETS, float("inf")), s.latency_counts, strict=True):
                 cumulative += n
@@ -88,7 +102,7 @@ class DaemonCollector:
         up = GaugeMetricFamily("ploinkyd_ready", "1 when the daemon is ready")
         up.add_metric([], 1 if d.ready else 0)
         yield from (depth, inflight, done, failed, cancelled, retries, takeovers, rescans)
-        yield from (deferrals, record_failures, latency, overflows, up)
+        yield from (deferrals, record_failures, disk_full, records_waiting, latency, overflows, up)
         tiles = getattr(d, "tiles", None)
         if tiles is not None:
             yield from tiles.metrics()

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -68,9 +70,14 @@ class PluginManifest(BaseModel):
     def _requires(cls, value: list[str]) -> list[str]:
         for req in value:
             try:
-                Requirement(req)
+                marker = Requirement(req).marker
             except InvalidRequirement as exc:
                 raise ValueError(f"{req!r} is not a pip requirement: {exc}") from None
+            try:  # what missing_requirements will do on install, refused here rather than there
+                if marker is not None:
+                    marker.evaluate()
+            except (UndefinedComparison, UndefinedEnvironmentName) as exc:
+                raise ValueError(f"{req!r} has a marker pip cannot evaluate: {exc}") from None
         return value
 
     @field_validator("ploinkyd")
@@ -134,6 +141,13 @@ def read_manifest(root: Path) -> PluginManifest:
     except tomllib.TOMLDecodeError as exc:
         raise PluginError(
             f"{path} is not valid TOML: {exc}",
+            code="PLUGIN_MANIFEST",
+            details={"path": str(path)},
+        ) from None
+    except (ValueError, RecursionError):  # tomllib lets int()'s own error through
+        raise PluginError(
+            f"{path} is not a TOML file ploinkyd can read: a number with more than "
+            f"{sys.get_int_max_str_digits()} digits, or arrays nested too deeply",
             code="PLUGIN_MANIFEST",
             details={"path": str(path)},
         ) from None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -26,6 +27,28 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
     yield factory
     for d in started:
         d.kill()
+        remove_containers_of(d)
+
+
+def remove_containers_of(d: DaemonProc) -> None:
+    """Force-remove the containers a killed daemon left on the local engine (matched by the
+    hash of its state dir, as its runner labels them; the node id may be shared)."""
+    if not os.path.exists("/var/run/docker.sock"):
+        return
+    import hashlib
+
+    import docker
+    import docker.errors
+
+    label = hashlib.sha256(str(d.state.resolve()).encode()).hexdigest()[:12]
+    try:
+        api = docker.APIClient(base_url="unix:///var/run/docker.sock", version="auto", timeout=10)
+        with api:
+            for c in api.containers(all=True, filters={"label": f"ploinkyd.state={label}"}):
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_container(c["Id"], force=True)
+    except (docker.errors.DockerException, OSError):
+        return  # no engine answering: it has no containers of ours either
 
 
 @pytest.fixture

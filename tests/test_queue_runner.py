@@ -405,7 +405,7 @@ def test_judge_same_node_dead_pid_is_stale_at_once(
     assert locks.try_claim(layout, "a", gone, 1, T0)
     verdict = _judge(layout, "a", me, watch)
     assert verdict.stale and "pid" in verdict.reason
-    assert locks.break_lock(layout, "a", verdict.inode)
+    assert locks.break_lock(layout, "a", verdict)
     assert not layout.lock_dir("a").exists()
 
 
@@ -496,11 +496,11 @@ def test_break_lock_refuses_a_lock_that_was_replaced(
     assert locks.try_claim(layout, "a", identity("n3"), 1, T0)
     fresh = os.lstat(layout.lock_dir("a")).st_ino
     assert fresh != verdict.inode
-    assert locks.break_lock(layout, "a", verdict.inode) is False
+    assert locks.break_lock(layout, "a", verdict) is False
     assert os.lstat(layout.lock_dir("a")).st_ino == fresh
     owner = locks.read_owner(layout.lock_dir("a"))
     assert owner is not None and owner.node == "n3"
-    assert locks.break_lock(layout, "gone", verdict.inode) is False
+    assert locks.break_lock(layout, "gone", verdict) is False
 
 
 def test_claim_is_exclusive(layout: QueueLayout) -> None:

@@ -301,9 +301,15 @@ class AgentManager:
                 "agent %s: its container died (%s); starting a new one", agent.name, failure[1]
             )
             failure = await self._round_trip(call)
-        if self.agents.get(agent.name) is not agent or agent.state == "stopped":
+        current = self.agents.get(agent.name)
+        if current is None or current.state == "stopped":
             # Stopped or removed while the container was starting: it must not linger.
             await self._retire_containers(agent)
+            return
+        if current is not agent:
+            # Replaced by a reload meanwhile: the replacement already retired the old
+            # containers, and the pool's name is shared, so retiring now would kill the new
+            # agent's containers mid-task.
             return
         if failure is not None:
             self._failed(agent, failure[1])

@@ -105,6 +105,10 @@ class QueueInfo(QueueCounts):
     lock_timeout: float
     max_task_bytes: int
     retention: float
+    alerts: list[str] = Field(
+        description="what an operator must act on now, one sentence each, such as a full disk "
+        "(claims paused, records waiting to be written); empty when all is well"
+    )
 
 
 class QueueDetail(QueueInfo):
@@ -112,6 +116,15 @@ class QueueDetail(QueueInfo):
     by_error: dict[str, int] = Field(description="tasks failed, by error code")
     lock_takeovers: int
     rescans: int
+    record_write_failures: int = Field(
+        description="failed attempts to write a record or a retried task; each is retried"
+    )
+    disk_full: bool = Field(
+        description="the queue's filesystem has no space left: claims are paused until it has"
+    )
+    records_waiting: int = Field(
+        ge=0, description="records and retried tasks held in memory until they can be written"
+    )
 
 
 class QueuePage(Page[QueueInfo]):

@@ -44,6 +44,7 @@ _ERRORS: dict[int, tuple[str, str]] = {
     500: ("Internal", "An internal error; the daemon log has the details"),
     503: ("Unavailable", "The daemon, or the part of it this needs, is not ready"),
     504: ("Timeout", "The request took longer than [api] request_timeout"),
+    507: ("NoSpace", "The queue's filesystem is full: nothing was queued; free space and retry"),
 }
 
 _DESCRIPTION = """\
@@ -279,6 +280,8 @@ def _error_statuses(ep: Endpoint, has_path_params: bool) -> Iterator[int]:
     yield from (429, 500, 503)
     if ep.timeout:
         yield 504
+    if ep.mutating:
+        yield 507  # a mutation writes under a queue, whose filesystem may be full
 
 
 def _error_response(status: int, text: str, envelope: dict[str, Any]) -> dict[str, Any]:

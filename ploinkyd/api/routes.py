@@ -20,6 +20,7 @@ naming each field), so handlers read typed models with ``query_of``/``body_of``.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -28,6 +29,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ploinkyd.errors import UserError
+from ploinkyd.queue.task import MAX_NESTING, SURROGATE_ESCAPE, lone_surrogate, nesting
 from ploinkyd.roles import Role
 
 if TYPE_CHECKING:
@@ -161,9 +163,38 @@ async def json_body(request: web.Request) -> Any:
 
 def _loads(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
     except ValueError as exc:
+        if "digits" in str(exc) and not isinstance(exc, json.JSONDecodeError):
+            message = (
+                "request body holds a number too long to read (integers may have at most "
+                f"{sys.get_int_max_str_digits()} digits); send it as a string"
+            )
+            raise UserError(message, code="INVALID_JSON") from None
         raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
+    # The same limits as a task file's: what is accepted here is written as one.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and nesting(value) > MAX_NESTING:
+        raise _too_deep()
+    escaped = SURROGATE_ESCAPE.search(raw.decode("latin-1"))  # the escapes are ASCII
+    where = lone_surrogate(value) if escaped else None
+    if where is not None:
+        raise UserError(
+            f"request body holds a lone surrogate escape (such as \\ud800) at {where}: it is "
+            "not a character; send the text as UTF-8, or a character beyond U+FFFF as a pair",
+            code="INVALID_JSON",
+            details={"loc": where},
+        )
+    return value
+
+
+def _too_deep() -> UserError:
+    return UserError(
+        f"request body nests arrays or objects more than {MAX_NESTING} levels deep",
+        code="INVALID_JSON",
+        details={"max_nesting": MAX_NESTING},
+    )
 
 
 def _validate(model: type[M], data: Any, what: str) -> M:

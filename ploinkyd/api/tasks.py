@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
@@ -19,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ploinkyd.api import models
 from ploinkyd.api.envelope import paginate
 from ploinkyd.api.routes import Endpoints, daemon_of, json_body, query_of
-from ploinkyd.errors import NotFoundError, TaskError
+from ploinkyd.errors import ConflictError, NotFoundError, TaskError
 from ploinkyd.kinds import describe_validation, validation_details
 from ploinkyd.queue import submit as producer
+from ploinkyd.queue.layout import QueueLayout
 from ploinkyd.queue.task import Task
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 table = Endpoints("tasks")
 MAX_WAIT_S = 3600.0
 TaskState = Literal["pending", "running", "succeeded", "failed", "finished", "all"]
+RECORD_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class PageQuery(BaseModel):
@@ -85,6 +88,10 @@ async def queue_detail(request: web.Request) -> web.Response:
     info["by_error"] = dict(stats.failed)
     info["lock_takeovers"] = stats.lock_takeovers
     info["rescans"] = stats.rescans
+    info["record_write_failures"] = stats.record_failures
+    space = d.queue(request.match_info["queue"]).runner.space
+    info["disk_full"] = space.full
+    info["records_waiting"] = space.records_waiting + space.retries_waiting
     return web.json_response(info)
 
 
@@ -192,7 +199,7 @@ async def get_task(request: web.Request) -> web.Response:
     wait = query_of(request, WaitQuery).wait
     if wait:
         return web.json_response(await wait_for(d, handle.name, task_id, wait))
-    return web.json_response(await asyncio.to_thread(producer.lookup, handle.layout, task_id))
+    return web.json_response(await asyncio.to_thread(lookup, handle.layout, task_id))
 
 
 @table.get(
@@ -233,11 +240,56 @@ async def wait_for(d: Daemon, queue: str, task_id: str, timeout: float) -> dict[
     delay = 0.005
     while True:
         try:
-            info = await asyncio.to_thread(producer.lookup, layout, task_id)
+            info = await asyncio.to_thread(lookup, layout, task_id)
         except NotFoundError:
             # Between the unlink of the task and a racing lookup the record is already there.
-            info = await asyncio.to_thread(producer.lookup, layout, task_id)
+            info = await asyncio.to_thread(lookup, layout, task_id)
         if info["state"] not in ("pending", "running") or time.monotonic() >= deadline:
             return info
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.2)
+
+
+def lookup(layout: QueueLayout, task_id: str) -> dict[str, Any]:
+    """Where a task is (``producer.lookup``), with a damaged record reported as such.
+
+    A record torn by a crash on a filesystem that lost data still means "finished" (the queue
+    never runs a task whose record exists), but its content is gone: say which file it is and
+    what to do, rather than failing as an internal error.
+    """
+    try:
+        info = producer.lookup(layout, task_id)
+    except (ValueError, KeyError, TypeError) as exc:
+        path = layout.find_record(task_id)
+        if path is None:
+            raise
+        raise corrupt_record(layout, task_id, path, _problem(exc)) from None
+    if "record" in info and info["state"] not in RECORD_STATES:
+        path = layout.find_record(task_id)
+        if path is not None:
+            raise corrupt_record(
+                layout, task_id, path, f"its status is {info['state']!r}, not a record status"
+            )
+    return info
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        if not exc.doc.strip():
+            return "the file is empty"
+        return f"it is not valid JSON ({exc.msg} at byte {exc.pos})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    return "it is not a record object (no 'status')"
+
+
+def corrupt_record(layout: QueueLayout, task_id: str, path: Path, problem: str) -> ConflictError:
+    where = f"{path.parent.name}/{path.name}"
+    return ConflictError(
+        f"task {task_id!r} in queue {layout.name!r} is finished, but its record {where} cannot "
+        f"be read: {problem}. The file was damaged (a crash on a filesystem that lost data, or "
+        f"another program). Inspect it at {path}; the task will not run again while that file "
+        "exists, so remove it and resubmit the task if it must run",
+        code="CORRUPT_RECORD",
+        details={"queue": layout.name, "id": task_id, "record": where, "problem": problem},
+    )

@@ -3,7 +3,10 @@
 A lock is a sealed object ``locks/<random>`` naming host, pid and time, refreshed every five
 minutes while held. As in restic, a lock is stale when it was not refreshed for 30 minutes, or
 when it was taken on this host by a process that no longer exists; stale locks never block and
-are removed by the next exclusive locker and by ``backup unlock``. Conflicts are judged after
+are removed by the next exclusive locker and by ``backup unlock``. "No longer exists" includes
+a process of an earlier boot and a pid since reused by another process (a SIGKILLed daemon's
+pid comes round again quickly where pid_max is 32768): the lock names the boot and the
+process's start time, not the pid alone. Conflicts are judged after
 writing our own lock, so two exclusive lockers racing both see each other and both back off.
 """
 
@@ -40,6 +43,9 @@ class LockInfo(BaseModel):
     user: str = ""
     exclusive: bool = False
     purpose: str = ""
+    # Absent from locks of older versions: then the pid alone is judged.
+    boot_id: str = ""
+    pid_start: int | None = None
 
 
 @dataclass
@@ -57,10 +63,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot; tells a live pid from a reused one."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after its closing ')'.
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def is_stale(info: LockInfo, now: float, host: str | None = None) -> bool:
     if now - info.time > STALE_AFTER_S:
         return True
-    return info.host == (host or socket.gethostname()) and not _pid_alive(info.pid)
+    if info.host != (host or socket.gethostname()):
+        return False
+    if info.boot_id and info.boot_id != boot_id():
+        return True  # taken before this host rebooted: its process is gone
+    if not _pid_alive(info.pid):
+        return True
+    return info.pid_start is not None and process_start(info.pid) != info.pid_start
 
 
 def list_locks(repo: Repository, now: float | None = None) -> list[HeldLock]:
@@ -118,6 +153,8 @@ class RepoLock:
             user=os.environ.get("USER", ""),
             exclusive=self.exclusive,
             purpose=self.purpose,
+            boot_id=boot_id(),
+            pid_start=process_start(os.getpid()),
         )
         sealed = crypto.seal_object(self.repo.keyring, "lock", info.model_dump_json().encode())
         self.repo.backend.put(self.name, sealed)

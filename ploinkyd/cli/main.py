@@ -227,7 +227,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def render_status(st: dict[str, Any]) -> None:
     """The human status screen (``status``, and each redraw of ``status --watch``)."""
-    print(f"ploinkyd {st['version']} on {st['node']} (pid {st['pid']}): {st['summary']}")
+    alerts = [
+        f"queue {name}: {alert}"
+        for name, q in sorted(st["queues"].items())
+        for alert in q.get("alerts") or []
+    ]
+    summary = st["summary"]
+    for alert in alerts:  # the summary ends with them (for systemd); here they get lines
+        summary = summary.replace(f"; {alert}", "")
+    print(f"ploinkyd {st['version']} on {st['node']} (pid {st['pid']}): {summary}")
+    red, plain = ("\x1b[1;31m", "\x1b[0m") if sys.stdout.isatty() else ("", "")
+    for alert in alerts:
+        print(f"{red}ALERT {alert}{plain}")
     print(f"state dir {st['state_dir']}, socket {st['socket']}, up {st['uptime_s']:.0f}s")
     output.table(list(st["queues"].values()), output.QUEUE_COLUMNS)
     jobs = (st.get("backup") or {}).get("jobs") or []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ploinkyd.queue import locks
-from ploinkyd.queue.layout import QueueLayout, fsync_dir
+from ploinkyd.queue.layout import QueueLayout, fsync_dir, write_all
 
 log = logging.getLogger("ploinkyd.queue")
 
@@ -38,6 +38,7 @@ class Completion:
     # Filled in by the committer:
     written: bool = False
     error: str | None = None
+    errno: int | None = None  # of the OSError behind ``error`` (ENOSPC: the disk is full)
     future: asyncio.Future[Completion] | None = field(default=None, repr=False)
 
 
@@ -53,13 +54,13 @@ def commit_batch(batch: list[Completion]) -> None:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                os.write(fd, item.data)
+                write_all(fd, item.data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             staged.append((item, tmp))
         except OSError as exc:
-            item.error = f"cannot write record: {exc}"
+            item.error, item.errno = f"cannot write record: {exc}", exc.errno
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     dirs: set[Path] = set()
@@ -73,7 +74,11 @@ def commit_batch(batch: list[Completion]) -> None:
             # Someone already recorded this id (a lock broken too eagerly): keep theirs.
             item.error = "record already exists"
         except OSError as exc:
-            item.error = f"cannot publish record: {exc}"
+            if os.path.lexists(final):
+                # sshfs answers a lost link race with EPERM (SFTP v3 has no "exists").
+                item.error = "record already exists"
+            else:
+                item.error, item.errno = f"cannot publish record: {exc}", exc.errno
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     for d in dirs:
@@ -83,6 +88,7 @@ def commit_batch(batch: list[Completion]) -> None:
             for item, _ in staged:
                 if item.written and item.layout.root / item.status_dir == d:
                     item.written, item.error = False, f"cannot fsync {d}: {exc}"
+                    item.errno = exc.errno
     for item in batch:
         if item.error is not None and item.error != "record already exists":
             continue  # not durable: keep the task and its lock; the caller decides
@@ -112,6 +118,29 @@ def cleanup(item: Completion) -> None:
             os.unlink(layout.cancel / item.cancel_id)
     if item.lock_id is not None:
         locks.release(layout, item.lock_id)
+
+
+def rewrite_task(layout: QueueLayout, name: str, lock_id: str, data: bytes) -> tuple[int, int, int]:
+    """Replace ``tasks/<name>`` with ``data`` (a retry: attempt + 1, a later ``not_before``)
+    through ``tmp/`` and rename, then release the lock. Returns the new file's (inode, size,
+    mtime_ns). On an ``OSError`` nothing changed: the task file is the old one, the lock is
+    still held, no temporary file is left."""
+    tmp = layout.tmp / f".retry.{lock_id}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, layout.tasks / name)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    locks.release(layout, lock_id)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class GroupCommitter:

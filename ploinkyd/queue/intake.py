@@ -6,6 +6,7 @@ batches through ``asyncio.to_thread`` so one thread hop serves many tasks.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -141,6 +142,12 @@ def read_task(layout: QueueLayout, name: str) -> Inspection:
         while chunk := os.read(fd, max(st.st_size, 65536)):
             chunks.append(chunk)
         raw = b"".join(chunks)
+    except OSError as exc:
+        # On a network filesystem (sshfs, NFS) an open file that another host removed answers
+        # ENOENT or ESTALE: the task was taken, just as if ``open`` had not found it.
+        if exc.errno in (errno.ENOENT, errno.ESTALE):
+            return Inspection(name, "gone")
+        raise
     finally:
         os.close(fd)
     result = Inspection(name, "ready", raw=raw, ident=(st.st_ino, st.st_size, st.st_mtime_ns))
@@ -170,9 +177,11 @@ def inspect_again(layout: QueueLayout, name: str) -> Inspection:
 @dataclass(slots=True)
 class Claim:
     lock_id: str
-    outcome: Literal["claimed", "busy", "gone", "done", "duplicate"]
+    # failed: a write or read of the claim failed (``error``); the lock was given back
+    outcome: Literal["claimed", "busy", "gone", "done", "duplicate", "failed"]
     raw: bytes = b""
     ident: Ident = (0, 0, 0)
+    error: OSError | None = None
 
 
 def claim(
@@ -185,9 +194,26 @@ def claim(
     attempt: int,
     now: float,
 ) -> Claim:
-    """Take the lock, then re-check the task: another node may have finished it meanwhile."""
-    if not locks.try_claim(layout, lock_id, me, attempt, now):
-        return Claim(lock_id, "busy")
+    """Take the lock, then re-check the task: another node may have finished it meanwhile.
+
+    An ``OSError`` on the way (a full disk refusing ``owner.json``, say) ends as a ``failed``
+    claim whose lock has been given back, so the task stays pending and nothing is orphaned.
+    """
+    try:
+        if not locks.try_claim(layout, lock_id, me, attempt, now):
+            return Claim(lock_id, "busy")
+    except OSError as exc:  # try_claim gives the lock back before it raises
+        return Claim(lock_id, "failed", error=exc)
+    try:
+        return _recheck(layout, lock_id, name, ident, raw)
+    except OSError as exc:
+        locks.release(layout, lock_id)
+        return Claim(lock_id, "failed", error=exc)
+
+
+def _recheck(
+    layout: QueueLayout, lock_id: str, name: str | None, ident: Ident | None, raw: bytes | None
+) -> Claim:
     if name is None:
         return Claim(lock_id, "claimed")
     try:

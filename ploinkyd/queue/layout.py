@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,14 +89,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``. A nearly full disk takes what fits and says so only by the count
+    (``write`` returns less); the next ``write`` then raises ``ENOSPC``. Ignoring the count
+    would publish a file cut short as if it were whole."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_durable(path: Path, data: bytes) -> None:
-    """Write ``data`` to a fresh file and fsync it (the caller renames it into place)."""
+    """Write ``data`` to a fresh file and fsync it (the caller renames it into place).
+
+    On failure (a full disk, say) the file is removed again and the ``OSError`` raised.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def filesystem_type(path: Path) -> str:

@@ -148,6 +148,20 @@ class Verdict:
     inode: int
     owner: Owner | None
     quiet: float = 0.0  # seconds the lock's heartbeat has stood still, as watched here
+    mtime_ns: int = 0  # the heartbeat as judged
+
+    def same_lock(self, st: os.stat_result, owner: Owner | None) -> bool:
+        """Is ``st`` (and its ``owner``) the very lock this verdict was about?
+
+        The inode alone does not tell: FUSE filesystems such as sshfs number inodes per path,
+        so a lock re-created by another host keeps its number. A fresh claim also has another
+        owner and another heartbeat.
+        """
+        if st.st_ino != self.inode or st.st_mtime_ns != self.mtime_ns:
+            return False
+        if self.owner is None or owner is None:
+            return self.owner is None and owner is None
+        return (owner.daemon_id, owner.claimed_at) == (self.owner.daemon_id, self.owner.claimed_at)
 
 
 @dataclass
@@ -213,41 +227,42 @@ def judge(
         return None
     quiet = (watch or HEARTBEATS).quiet_for(lock, st)
     owner = read_owner(lock)
+
+    def verdict(stale: bool, reason: str) -> Verdict:
+        return Verdict(stale, reason, st.st_ino, owner, quiet, st.st_mtime_ns)
+
     if owner is None:
         # It may be being created this instant, so only a long silence can condemn it.
         if quiet >= lock_timeout:
-            return Verdict(
-                True, f"no readable owner.json and idle {quiet:.0f}s", st.st_ino, None, quiet
-            )
-        return Verdict(False, "owner.json missing, within grace period", st.st_ino, None, quiet)
+            return verdict(True, f"no readable owner.json and idle {quiet:.0f}s")
+        return verdict(False, "owner.json missing, within grace period")
     if owner.node == me.node:
         if owner.boot_id != me.boot_id:
-            return Verdict(True, "owner's node has rebooted", st.st_ino, owner, quiet)
+            return verdict(True, "owner's node has rebooted")
         if owner.daemon_id == me.daemon_id:
-            return Verdict(False, "held by this daemon", st.st_ino, owner, quiet)
+            return verdict(False, "held by this daemon")
         if not pid_alive(owner.pid, owner.pid_start):
-            return Verdict(True, f"owner pid {owner.pid} is gone", st.st_ino, owner, quiet)
+            return verdict(True, f"owner pid {owner.pid} is gone")
     if quiet >= lock_timeout:
-        return Verdict(
-            True, f"no heartbeat from node {owner.node!r} for {quiet:.0f}s", st.st_ino, owner, quiet
-        )
-    return Verdict(False, f"held by node {owner.node!r} pid {owner.pid}", st.st_ino, owner, quiet)
+        return verdict(True, f"no heartbeat from node {owner.node!r} for {quiet:.0f}s")
+    return verdict(False, f"held by node {owner.node!r} pid {owner.pid}")
 
 
-def break_lock(layout: QueueLayout, task_id: str, inode: int) -> bool:
+def break_lock(layout: QueueLayout, task_id: str, judged: Verdict) -> bool:
     """Remove a lock judged stale, but only if it is still the very lock that was judged.
 
     Renaming first makes the check and the removal one atomic step: a fresh lock that another
-    claimant created in the meantime has another inode and is put back.
+    claimant created in the meantime is not the lock judged (see ``Verdict.same_lock``) and is
+    put back.
     """
     lock = layout.lock_dir(task_id)
     aside = layout.locks / f".broken.{task_id}.{secrets.token_hex(4)}"
     try:
         os.rename(lock, aside)
-        renamed = os.lstat(aside).st_ino
+        st = os.lstat(aside)
     except FileNotFoundError:
         return False
-    if renamed != inode:
+    if not judged.same_lock(st, read_owner(aside)):
         with contextlib.suppress(OSError):
             os.rename(aside, lock)
         return False

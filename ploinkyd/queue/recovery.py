@@ -68,7 +68,7 @@ def recover(
                 locks.release(layout, name)
                 report.orphans += 1
             continue
-        if not locks.break_lock(layout, name, verdict.inode):
+        if not locks.break_lock(layout, name, verdict):
             continue
         if task_exists:
             report.broken.append((name, verdict.reason))

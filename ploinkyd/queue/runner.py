@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,20 +25,19 @@ from typing import TYPE_CHECKING, Any
 from ploinkyd.clock import Clock
 from ploinkyd.errors import TaskError
 from ploinkyd.kinds import TaskKind
-from ploinkyd.queue import intake, locks
-from ploinkyd.queue.committer import Completion, GroupCommitter, cleanup
-from ploinkyd.queue.execute import Outcome, Running, error_info, run_attempt
+from ploinkyd.queue import intake, locks, records
+from ploinkyd.queue.committer import Completion, GroupCommitter, cleanup, rewrite_task
+from ploinkyd.queue.execute import Outcome, Running, run_attempt
 from ploinkyd.queue.layout import QueueLayout
 from ploinkyd.queue.recovery import RecoveryReport, recover
+from ploinkyd.queue.space import SpaceWatch, is_no_space
 from ploinkyd.queue.stats import QueueStats
 from ploinkyd.queue.task import (
     Task,
-    digest,
     dump_record,
     iso,
     original_digest,
     parse_task,
-    raw_fields,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +50,14 @@ WAIT, QUEUED, DELAYED, ELSEWHERE, RUNNING = "wait", "queued", "delayed", "elsewh
 # unparseable before it is recorded as INVALID_JSON (a writer may pause mid-file).
 OPEN_WRITER_GRACE = 30.0
 RAW_CACHE_BYTES = 32 << 20
+# A record or a retried task that cannot be written is tried again after these many seconds,
+# doubling up to the maximum (sooner when space comes back).
+WRITE_RETRY_FIRST_S = 0.5
+WRITE_RETRY_MAX_S = 10.0
+# A claim that failed for another reason than space waits this long before the next try.
+CLAIM_RETRY_S = 5.0
+# A task whose bookkeeping failed for an unexpected reason runs again after this pause.
+GIVE_BACK_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,11 @@ class QueueRunner:
         self._wake = asyncio.Event()
         self._rescan_now = asyncio.Event()
         self._claiming = True
+        self._abandon = False  # set by a drain that no longer waits for records to be written
         self.paused = False
+        self.space = SpaceWatch(
+            layout.name, layout.root, layout.tmp, events=events, on_change=self._wake.set
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
 
@@ -184,8 +194,13 @@ class QueueRunner:
             await asyncio.sleep(0.02)
         for run in list(self.running.values()):
             self._stop(run, "released")
+        # Records still waiting for space would wait forever: give up on them. Their locks
+        # are released and their task files left as they are, so the tasks run again.
+        self._abandon = True
+        self.space.wake_all()
         while self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        self.space.close()
         if self._main is not None:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,6 +221,10 @@ class QueueRunner:
         if self.held:
             await asyncio.to_thread(locks.heartbeat, self.layout, list(self.held))
 
+    def alerts(self) -> list[str]:
+        """What an operator must act on now, one sentence each (a full disk)."""
+        return self.space.alerts()
+
     def snapshot(self) -> dict[str, int]:
         states: dict[str, int] = {WAIT: 0, QUEUED: 0, DELAYED: 0, ELSEWHERE: 0}
         for e in self.entries.values():
@@ -225,6 +244,19 @@ class QueueRunner:
     # ---- the loop -----------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        while True:
+            try:
+                await self._serve()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A queue must not stop serving for one bad pass (a network filesystem that
+                # went away answers ENOTCONN, say): say so, breathe, rescan, go on.
+                log.exception("queue %s: the queue loop failed; resuming in 1s", self.layout.name)
+                await asyncio.sleep(1.0)
+                self._rescan_now.set()
+
+    async def _serve(self) -> None:
         await self._rescan()
         while True:
             self._wake.clear()
@@ -402,7 +434,11 @@ class QueueRunner:
         entry.state = "gone"
 
     def _free_slots(self) -> int:
-        return 0 if self.paused else self.tuning.concurrency - len(self.running)
+        # No claims while the disk is full: a claim writes owner.json, and the task's record
+        # would only join those already waiting in memory.
+        if self.paused or self.space.full:
+            return 0
+        return self.tuning.concurrency - len(self.running)
 
     # ---- claiming -----------------------------------------------------------------------
 
@@ -422,24 +458,40 @@ class QueueRunner:
             self._after_claim(entry, result)
 
     def _claim_batch(self, picked: list[Entry], now: float) -> list[intake.Claim]:
-        out = []
+        out: list[intake.Claim] = []
+        full: OSError | None = None
         for entry in picked:
+            if full is not None:  # the rest of the batch would only fail the same way
+                out.append(intake.Claim(entry.lock_id, "failed", error=full))
+                continue
             name = None if entry.reject is not None else entry.name
-            out.append(
-                intake.claim(
-                    self.layout,
-                    entry.lock_id,
-                    name,
-                    entry.ident,
-                    entry.raw,
-                    self.me,
-                    entry.attempt,
-                    now,
-                )
+            claim = intake.claim(
+                self.layout,
+                entry.lock_id,
+                name,
+                entry.ident,
+                entry.raw,
+                self.me,
+                entry.attempt,
+                now,
             )
+            if claim.outcome == "failed" and is_no_space(claim.error):
+                full = claim.error
+            out.append(claim)
         return out
 
     def _after_claim(self, entry: Entry, claim: intake.Claim) -> None:
+        if claim.outcome == "failed":  # the lock was given back: the task stays pending
+            error = claim.error
+            assert error is not None
+            self.space.write_failed("claiming tasks", error, CLAIM_RETRY_S)
+            if is_no_space(error):
+                self._push_ready(entry)
+                return
+            due = self.clock.time() + CLAIM_RETRY_S
+            entry.state = DELAYED
+            heapq.heappush(self.delayed, (due, next(self._seq), entry))
+            return
         if claim.outcome == "busy":
             entry.state = ELSEWHERE
             self._drop_raw(entry)
@@ -530,12 +582,44 @@ class QueueRunner:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Bookkeeping failed (disk full, say): keep the lock so no one else records it;
-            # recovery will judge it stale once this daemon is gone, and the task re-runs.
-            log.exception("queue %s: task %s could not be completed", self.layout.name, entry.name)
+            # A bug, not a full disk (writes are retried where they happen): a live daemon
+            # must not sit on the lock for ever, so give the task back to run again later.
+            log.exception(
+                "queue %s: task %s could not be completed; it will run again in %.0fs",
+                self.layout.name,
+                entry.name,
+                GIVE_BACK_S,
+            )
+            await self._give_back(entry)
         finally:
             self.running.pop(entry.lock_id, None)
             self._wake.set()
+
+    async def _give_back(self, entry: Entry) -> None:
+        """Release the lock of a task whose bookkeeping failed and try it again later. The
+        claim re-checks for a record, so a task recorded before the failure is cleaned up."""
+        if entry.lock_id in self.held:
+            self.held.discard(entry.lock_id)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(locks.release, self.layout, entry.lock_id)
+        if self.entries.get(entry.name) is entry:
+            due = self.clock.time() + GIVE_BACK_S
+            entry.state = DELAYED
+            heapq.heappush(self.delayed, (due, next(self._seq), entry))
+
+    async def _abandon_entry(self, entry: Entry, what: str) -> None:
+        """A drain gave up waiting for space: release the lock, leave the task file as it is
+        (it runs again under the next daemon), and say so."""
+        log.warning(
+            "queue %s: %s of %s could not be written before shutdown; the task will run again",
+            self.layout.name,
+            what,
+            entry.lock_id,
+        )
+        self.held.discard(entry.lock_id)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(locks.release, self.layout, entry.lock_id)
+        self._forget(entry)
 
     async def _retried_elsewhere(self, run: Running, task: Task) -> bool:
         """Another node may have retried the task since we read it (we found it claimed, then
@@ -581,7 +665,10 @@ class QueueRunner:
             "original_sha256": original_sha256,
         }
         raw = json.dumps(obj).encode()
-        ident = await asyncio.to_thread(self._rewrite, entry, raw)
+        ident = await self._rewrite_until_saved(entry, raw)
+        if ident is None:
+            await self._abandon_entry(entry, "the retry")
+            return
         self.held.discard(entry.lock_id)
         if self.events is not None:
             self.events.publish(
@@ -607,98 +694,73 @@ class QueueRunner:
             entry.state = DELAYED
             heapq.heappush(self.delayed, (due, next(self._seq), entry))
 
-    def _rewrite(self, entry: Entry, raw: bytes) -> intake.Ident:
-        tmp = self.layout.tmp / f".retry.{entry.lock_id}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    async def _rewrite_until_saved(self, entry: Entry, raw: bytes) -> intake.Ident | None:
+        """Rewrite the task for its retry, again and again while the disk refuses (the lock
+        stays ours meanwhile); None when a drain gave up."""
+        delay, waiting = WRITE_RETRY_FIRST_S, False
         try:
-            os.write(fd, raw)
-            os.fsync(fd)
-            st = os.fstat(fd)
+            while True:
+                try:
+                    ident = await asyncio.to_thread(
+                        rewrite_task, self.layout, entry.name, entry.lock_id, raw
+                    )
+                except OSError as exc:
+                    self.stats.record_failures += 1
+                    if not waiting:
+                        waiting = True
+                        self.space.retries_waiting += 1
+                    if not await self._after_write_failure("saving retried tasks", exc, delay):
+                        return None
+                    delay = min(delay * 2, WRITE_RETRY_MAX_S)
+                    continue
+                if waiting:
+                    self.space.landed()
+                return ident
         finally:
-            os.close(fd)
-        os.rename(tmp, self.layout.tasks / entry.name)
-        locks.release(self.layout, entry.lock_id)
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+            if waiting:
+                self.space.retries_waiting -= 1
 
     # ---- records ------------------------------------------------------------------------
 
     def _envelope(self, entry: Entry, status: str, kind: str | None) -> dict[str, Any]:
-        return {
-            "id": entry.lock_id,
-            "queue": self.layout.name,
-            "status": status,
-            "kind": kind,
-            "attempts": entry.attempt,
-            "node": self.me.node,
-            "submitted_at": iso(entry.submitted_at) if entry.submitted_at else None,
-        }
+        return records.envelope(
+            task_id=entry.lock_id,
+            queue=self.layout.name,
+            node=self.me.node,
+            status=status,
+            kind=kind,
+            attempts=entry.attempt,
+            submitted_at=entry.submitted_at,
+        )
 
     async def _record(
         self, entry: Entry, task: Task, raw: bytes, started: float, outcome: Outcome
     ) -> None:
-        finished = self.clock.time()
-        record = self._envelope(entry, outcome.status, task.kind)
-        record.update(
-            started_at=iso(started),
-            finished_at=iso(finished),
-            duration_ms=round((finished - started) * 1000, 3),
-            labels=task.labels,
-            task_sha256=original_digest(raw, task),
-        )
-        if outcome.notes:
-            record["notes"] = outcome.notes
-        if outcome.status == "succeeded":
-            record["output"] = outcome.output
-        else:
-            record["error"] = outcome.error
-            record["task"] = task.model_dump(mode="json", exclude_none=True)
-        await self._commit(entry, record, task_name=entry.name)
-        if entry.submitted_at:
-            self.stats.observe_latency(max(0.0, finished - entry.submitted_at))
+        ended = self.clock.time()
+        base = self._envelope(entry, outcome.status, task.kind)
+        record = records.finished(base, task, raw, started, ended, outcome)
+        recorded = await self._commit(entry, record, task_name=entry.name)
+        if recorded and entry.submitted_at:
+            self.stats.observe_latency(max(0.0, ended - entry.submitted_at))
 
     async def _record_parse_error(self, entry: Entry, raw: bytes, exc: TaskError) -> None:
-        record = self._envelope(entry, "failed", None)
-        record.update(finished_at=iso(self.clock.time()), error=exc.to_dict())
-        record["task_sha256"] = digest(raw)
-        try:
-            obj = json.loads(raw)
-            record["task"] = obj
-            record["kind"] = obj.get("kind") if isinstance(obj, dict) else None
-        except ValueError:
-            record.update(raw_fields(raw))
+        base = self._envelope(entry, "failed", None)
+        record = records.unparseable(base, raw, exc, self.clock.time())
         await self._commit(entry, record, task_name=entry.name)
 
     async def _record_duplicate(self, entry: Entry, raw: bytes, task: Task) -> None:
         """A new task under an id that already has a record: record it apart, keep both."""
-        dup_id = f"{entry.lock_id[:100]}.dup-{digest(raw)[:10]}"
-        record = self._envelope(entry, "failed", task.kind)
-        record.update(
-            id=dup_id,
-            finished_at=iso(self.clock.time()),
-            error=error_info(
-                "DUPLICATE_ID",
-                f"a task with id {entry.lock_id!r} already has a record; "
-                "submit new work under a new id",
-                {"original_id": entry.lock_id},
-            ),
-            task=task.model_dump(mode="json", exclude_none=True),
-            task_sha256=digest(raw),
-            original_name=entry.name,
-        )
+        base = self._envelope(entry, "failed", task.kind)
+        record = records.duplicate(base, entry.name, raw, task, self.clock.time())
         # The lock stays on the original id; the record goes under the new one.
-        await self._commit(entry, record, task_name=entry.name, record_id=dup_id)
+        await self._commit(entry, record, task_name=entry.name, record_id=record["id"])
 
     async def _reject(self, entry: Entry) -> None:
         info = entry.reject
         assert info is not None
         aside = f"{entry.lock_id}.orig"
-        record = self._envelope(entry, "failed", None)
-        record.update(
-            finished_at=iso(self.clock.time()),
-            error=error_info(info.code, info.message, {"original_name": entry.name}),
-            original_name=entry.name,
-            preserved_as=f"errors/{aside}",
-        )
+        base = self._envelope(entry, "failed", None)
+        record = records.rejected(base, info, entry.name, aside, self.clock.time())
         exists = await asyncio.to_thread(self.layout.find_record, entry.lock_id)
         if exists is not None:  # recorded before a crash: only the move aside is left to do
             await self._commit(entry, None, task_name=entry.name, move_aside=aside)
@@ -709,6 +771,9 @@ class QueueRunner:
         """The task's record is already durable (a crash cut the cleanup short)."""
         try:
             await self._commit(entry, None, task_name=entry.name)
+        except Exception:
+            log.exception("queue %s: cannot clean up after %s", self.layout.name, entry.name)
+            await self._give_back(entry)
         finally:
             self._wake.set()
 
@@ -720,7 +785,9 @@ class QueueRunner:
         task_name: str,
         record_id: str | None = None,
         move_aside: str | None = None,
-    ) -> None:
+    ) -> bool:
+        """Make ``record`` durable, then clean up; False when a drain gave up waiting for
+        space (the lock is released and the task will run again)."""
         task_id = intake.task_id_of(entry.name)
         cancel_id = task_id if task_id is not None and task_id in self.cancel_wanted else None
         if record is None:
@@ -735,6 +802,7 @@ class QueueRunner:
                 cancel_id,
             )
             await asyncio.to_thread(cleanup, item)
+            self.held.discard(entry.lock_id)
         else:
             status_dir = "results" if record["status"] == "succeeded" else "errors"
             item = Completion(
@@ -747,47 +815,54 @@ class QueueRunner:
                 entry.lock_id,
                 cancel_id,
             )
-            await self._commit_until_durable(item)
+            if not await self._commit_until_durable(item):
+                await self._abandon_entry(entry, "the record")
+                return False
+            self.held.discard(entry.lock_id)
             self.stats.count(record["status"], record.get("kind"), record.get("error"))
             if self.events is not None and item.written:
-                self._announce(record)
+                # Once the record is durable: what a follower reads then is already there.
+                kind, data = records.announcement(record)
+                self.events.publish(kind, queue=self.layout.name, task=record["id"], **data)
         if cancel_id is not None:
             self.cancel_wanted.discard(cancel_id)
-        self.held.discard(entry.lock_id)
         self._forget(entry)
+        return True
 
-    def _announce(self, record: dict[str, Any]) -> None:
-        """``task.succeeded`` / ``task.failed`` / ``task.cancelled`` once the record is
-        durable: what a follower reads then is already in ``results/`` or ``errors/``."""
-        assert self.events is not None
-        data: dict[str, Any] = {"kind": record.get("kind"), "attempt": record.get("attempts")}
-        if "duration_ms" in record:
-            data["duration_ms"] = record["duration_ms"]
-        error = record.get("error")
-        if isinstance(error, dict):
-            data["code"] = error.get("code")
-        self.events.publish(
-            f"task.{record['status']}", queue=self.layout.name, task=record["id"], **data
-        )
+    async def _commit_until_durable(self, item: Completion) -> bool:
+        """Retry a record that cannot be written (disk full, say) while keeping the lock; the
+        record waits in memory meanwhile. False when a drain gave up on it."""
+        delay, waiting = WRITE_RETRY_FIRST_S, False
+        try:
+            while True:
+                item.error, item.errno, item.written = None, None, False
+                await self.committer.commit(item)
+                if item.written:
+                    if waiting:
+                        self.space.landed()
+                    return True
+                if item.error == "record already exists":
+                    log.warning(
+                        "queue %s: %s was recorded elsewhere", self.layout.name, item.record_id
+                    )
+                    return True
+                self.stats.record_failures += 1
+                if not waiting:
+                    waiting = True
+                    self.space.records_waiting += 1
+                failure = OSError(item.errno, item.error or "cannot write record")
+                if not await self._after_write_failure("writing records", failure, delay):
+                    return False
+                delay = min(delay * 2, WRITE_RETRY_MAX_S)
+        finally:
+            if waiting:
+                self.space.records_waiting -= 1
 
-    async def _commit_until_durable(self, item: Completion) -> None:
-        """Retry a record that cannot be written (disk full, say) while keeping the lock."""
-        delay = 0.5
-        while True:
-            item.error, item.written = None, False
-            await self.committer.commit(item)
-            if item.written:
-                return
-            if item.error == "record already exists":
-                log.warning("queue %s: %s was recorded elsewhere", self.layout.name, item.record_id)
-                return
-            self.stats.record_failures += 1
-            log.error(
-                "queue %s: cannot record %s (%s); retrying in %.1fs",
-                self.layout.name,
-                item.record_id,
-                item.error,
-                delay,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    async def _after_write_failure(self, doing: str, error: OSError, delay: float) -> bool:
+        """A write the queue needs failed: note it, wait ``delay`` (less if space comes back),
+        and say whether to try again (False once a drain has given up)."""
+        self.space.write_failed(doing, error, delay)
+        if self._abandon:
+            return False
+        await self.space.wait_for_room(delay)
+        return not self._abandon

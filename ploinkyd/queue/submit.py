@@ -8,14 +8,15 @@ replaced.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 import time
 from typing import Any, Literal
 
-from ploinkyd.errors import ConflictError, NotFoundError, TaskError
-from ploinkyd.queue.layout import QueueLayout
+from ploinkyd.errors import ConflictError, NoSpaceError, NotFoundError, TaskError
+from ploinkyd.queue.layout import QueueLayout, write_durable
 from ploinkyd.queue.locks import read_owner
 from ploinkyd.queue.task import ID_RE
 
@@ -35,12 +36,16 @@ def submit(layout: QueueLayout, body: dict[str, Any], task_id: str | None = None
     if layout.find_record(task_id) is not None:
         raise ConflictError(f"task {task_id!r} already has a record; use a new id")
     tmp = layout.tmp / f"{task_id}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        os.write(fd, json.dumps(body).encode())
-        os.fsync(fd)  # an accepted (201) task must survive a crash
-    finally:
-        os.close(fd)
+        write_durable(tmp, json.dumps(body).encode())  # an accepted (201) task survives a crash
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(
+                f"queue {layout.name!r} has no space left on its filesystem ({layout.root}): "
+                "the task was not queued; free space there and submit it again",
+                details={"queue": layout.name, "path": str(layout.root)},
+            ) from None
+        raise
     try:
         os.link(tmp, layout.task_file(task_id))
     except FileExistsError:

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import re
+import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -21,6 +22,12 @@ from ploinkyd.kinds import describe_validation, validation_details
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 ID_RE = re.compile(ID_PATTERN)
 TASK_SUFFIX = ".json"
+# Arrays and objects nested deeper than this are refused (serde_json's default limit too).
+# Python's json reader and writer recurse, and records, retries and the tile runtime write
+# the task again further down the stack: a limit well below the interpreter's keeps every one
+# of them working, instead of a RecursionError in the queue's loop.
+MAX_NESTING = 128
+MAX_ATTEMPTS = 100
 
 
 class ErrorInfo(BaseModel):
@@ -34,7 +41,9 @@ class TaskMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    attempts: int = 0
+    # Never above max_attempts when the daemon wrote it; a negative count (a producer's
+    # mistake) would retry the task without end.
+    attempts: StrictInt = Field(0, ge=0, le=MAX_ATTEMPTS)
     # Bounded: a record writes it as a date (a producer may set it too, by mistake).
     submitted_at: float | None = Field(None, ge=0, lt=253402300800.0)  # before year 10000
     # Digest of the file as the producer wrote it, so that resubmitting those same bytes after
@@ -53,7 +62,7 @@ class Task(BaseModel):
     priority: StrictInt = Field(5, ge=0, le=9)
     not_before: datetime | None = None
     timeout_s: float | None = Field(None, gt=0)
-    max_attempts: StrictInt = Field(1, ge=1, le=100)
+    max_attempts: StrictInt = Field(1, ge=1, le=MAX_ATTEMPTS)
     labels: dict[str, StrictStr] = Field(default_factory=dict)
     meta: TaskMeta | None = None
 
@@ -109,22 +118,7 @@ def original_digest(raw: bytes, task: Task | None = None) -> str:
 
 def parse_task(raw: bytes) -> tuple[Task, dict[str, Any]]:
     """Parse a task file's bytes into a ``Task`` and the JSON object it came from."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TaskError(
-            f"task file is not UTF-8 text (bad byte at offset {exc.start}); "
-            "write the task as a JSON object in UTF-8",
-            code="INVALID_JSON",
-        ) from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TaskError(
-            f"task file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            code="INVALID_JSON",
-            details={"line": exc.lineno, "column": exc.colno},
-        ) from None
+    obj = load_task_json(raw)
     if not isinstance(obj, dict):
         raise TaskError(
             f'task file must hold a JSON object like {{"kind": "echo", "input": ...}}, '
@@ -146,6 +140,115 @@ def parse_task(raw: bytes) -> tuple[Task, dict[str, Any]]:
         ) from None
 
 
+def load_task_json(raw: bytes) -> Any:
+    """The JSON value of a task file's bytes; ``TaskError`` for anything that is not UTF-8
+    JSON, holds a number Python cannot read, or nests deeper than ``MAX_NESTING``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(
+            f"task file is not UTF-8 text (bad byte at offset {exc.start}); "
+            "write the task as a JSON object in UTF-8",
+            code="INVALID_JSON",
+        ) from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TaskError(
+            f"task file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="INVALID_JSON",
+            details={"line": exc.lineno, "column": exc.colno},
+        ) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:  # an integer of more digits than int() converts (4300)
+        raise TaskError(
+            "task file holds a number too long to read (integers may have at most "
+            f"{sys.get_int_max_str_digits()} digits); send it as a string",
+            code="INVALID_TASK",
+        ) from None
+    # Only a text with that many brackets can nest that deep: most tasks skip the walk.
+    if text.count("[") + text.count("{") > MAX_NESTING and nesting(obj) > MAX_NESTING:
+        raise _too_deep()
+    where = lone_surrogate(obj) if SURROGATE_ESCAPE.search(text) else None
+    if where is not None:
+        raise TaskError(
+            f"task file holds a lone surrogate escape (such as \\ud800) at {where}: it is not a "
+            "character and cannot be written back as UTF-8; send the text as UTF-8, or escape "
+            "a character beyond U+FFFF as a pair",
+            code="INVALID_TASK",
+            details={"loc": where},
+        )
+    return obj
+
+
+# Only a \uD800-\uDFFF escape can put a lone surrogate into text decoded as strict UTF-8.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where (a dotted path) the first string or key holding a lone surrogate is, if any."""
+    stack: list[tuple[Any, str]] = [(value, "(root)")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _unencodable(item):
+                return where
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                path = key if where == "(root)" else f"{where}.{key}"
+                if _unencodable(key):
+                    return path.encode("utf-8", "backslashreplace").decode()
+                stack.append((child, path))
+    return None
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def nesting(value: Any) -> int:
+    """How deep arrays and objects nest in a JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        children = item.values() if isinstance(item, dict) else item
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break  # deep enough to refuse: no need to walk the rest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _too_deep() -> TaskError:
+    return TaskError(
+        f"task file nests arrays or objects more than {MAX_NESTING} levels deep; flatten the data",
+        code="INVALID_TASK",
+        details={"max_nesting": MAX_NESTING},
+    )
+
+
+def preserved_task(raw: bytes) -> dict[str, Any]:
+    """What an error record keeps of a task file that did not parse as a task: the JSON
+    (``task``, and ``kind`` when it is text) when it reads as JSON, else the raw text.
+    Never raises: a file nested too deep for ``json`` is kept as text too."""
+    try:
+        obj = load_task_json(raw)
+    except TaskError:
+        return raw_fields(raw)
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    return {"task": obj, "kind": kind if isinstance(kind, str) else None}
+
+
 def raw_fields(raw: bytes) -> dict[str, str]:
     """The original bytes for an error record: text when it is UTF-8, else base64 as well."""
     try:
@@ -158,4 +261,9 @@ def raw_fields(raw: bytes) -> dict[str, str]:
 
 
 def dump_record(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    try:
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud800" in the task's JSON) has no UTF-8 form: escape it.
+        return json.dumps(record, separators=(",", ":"), default=str).encode()

@@ -7,9 +7,11 @@ no Docker API call at all, so a warm round trip is a fraction of a millisecond. 
 starting, inspecting and removing containers go through threads.
 
 Failure handling follows ``TileRunner``'s contract: a container that dies mid-call is
-diagnosed (OOM or crash) and replaced; a cancelled call kills its container, so a late answer
-can never reach the next caller; an unreachable engine defers the task and is reconnected to
-lazily, by the next call or the housekeeping loop.
+diagnosed (OOM or crash) and replaced; an idle one that dies (the engine stopped, say) is
+dropped at once and its pool brought back to ``pool_min``; a cancelled call kills its
+container, so a late answer can never reach the next caller; an unreachable engine defers the
+task and is reconnected to lazily, by the next call or the housekeeping loop, which also warms
+pools again once it answers.
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ class DockerRunner:
         self._background: set[asyncio.Task[None]] = set()
         self._oneshots: dict[str, Worker] = {}
         self._retiring: dict[str, Worker] = {}  # being killed and removed in a thread
+        # Pool keys that have had a container running: housekeeping keeps them at pool_min
+        # (a pool whose image is missing is not retried for ever).
+        self._warmed: set[str] = set()
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CONTAINERS)
         self._ids = itertools.count(1)
         self._housekeeper: asyncio.Task[None] | None = None
@@ -177,7 +182,9 @@ class DockerRunner:
     async def retire(self, pool: str) -> int:
         """Stop and remove every container of ``pool`` (an agent stopped or removed)."""
         keys = [key for key, p in self._pools.items() if p.owner == pool]
-        workers = [w for key in keys for w in self._pools.pop(key).close()]
+        closed = [self._pools.pop(key) for key in keys]
+        self._warmed -= {p.key for p in closed}
+        workers = [w for p in closed for w in p.close()]
         for worker in workers:
             self._discard(worker, f"pool {pool} retired")
         if self._background:
@@ -429,8 +436,19 @@ class DockerRunner:
                 ) from None
             raise self._map_api_error(exc, requested) from None
         worker.state = "running"
+        self._warmed.add(pool.key)
+        worker.stream.closed.add_done_callback(lambda _: self._lost(pool, worker))
         log.debug("tile %s: started for pool %s (%s)", worker.short_id, pool.key, spec.image)
         return worker
+
+    def _lost(self, pool: Pool, worker: Worker) -> None:
+        """The stream of a container closed. A busy one is diagnosed and replaced by its
+        caller; an idle one (the engine stopped, someone ran ``docker rm -f``) is forgotten
+        now, so that neither ``status()`` nor the orphan sweep counts it as running, and the
+        pool is brought back to ``pool_min``."""
+        if self._closed or worker.busy or worker not in pool.workers:
+            return
+        self._replace(pool, worker, "exited while idle")
 
     async def _create(
         self, api: docker.APIClient, spec: dc.ContainerSpec, requested: str, worker: Worker
@@ -525,6 +543,9 @@ class DockerRunner:
         async def fill() -> None:
             try:
                 await pool.fill()
+            except TaskDeferred as exc:
+                # The engine is down: said once by _engine_down; housekeeping refills later.
+                log.debug("tiles pool %s: cannot start a warm container: %s", pool.key, exc)
             except Exception as exc:
                 log.warning("tiles pool %s: cannot start a warm container: %s", pool.key, exc)
             finally:
@@ -645,7 +666,7 @@ class DockerRunner:
         # A pool of a call that failed to start (missing image, say) would otherwise stay
         # in status() forever; it is made again by the next call that needs it.
         for key in [k for k, pool in self._pools.items() if pool.unused]:
-            del self._pools[key]
+            self._warmed.discard(self._pools.pop(key).key)
         return reaped
 
     async def _housekeeping(self) -> None:
@@ -658,6 +679,11 @@ class DockerRunner:
                 else:
                     # Warm calls never touch the API: ping, so status() notices an outage.
                     await self._ping(self._api)
+                # Before reaping, which forgets empty pools: a pool that lost its warm
+                # containers while the engine was away gets them back once it answers.
+                for pool in list(self._pools.values()):
+                    if pool.key in self._warmed:
+                        self._refill(pool)
                 await self.reap_idle()
             except TaskDeferred:
                 pass  # still down; reported by status()

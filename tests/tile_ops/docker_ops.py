@@ -85,3 +85,20 @@ def dk_fork(data: Any, params: dict[str, Any]) -> dict[str, Any]:
 def dk_say(data: Any, params: dict[str, Any]) -> Any:
     os.write(2, str(params.get("text", "hello")).encode() + b"\n")
     return data
+
+
+@operator("dk_fault_once")
+def dk_fault_once(data: Any, params: dict[str, Any]) -> Any:
+    """The first call for ``key`` dies mid-call (``fault`` "exit": the process exits with
+    ``status``; "alloc": it runs into the memory limit, see ``dk_alloc``); every later call
+    answers ``data``. The marker lives in ``dir``, a writable mount the pool's containers
+    share, so the retry in a fresh container sees it."""
+    marker = os.path.join(str(params["dir"]), str(params["key"]))
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return data
+    os.close(fd)
+    if params.get("fault") == "alloc":
+        return dk_alloc(data, params)
+    return dk_exit(data, params)
