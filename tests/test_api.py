@@ -399,8 +399,13 @@ def test_metrics_match_what_ran(daemon: DaemonProc) -> None:
 
     assert call(daemon, "DELETE", "/v1/tasks/default/nap").status == 202
     daemon.wait_records(7)
-    m = _samples(call(daemon, "GET", "/metrics").text)
-    assert m['ploinkyd_tasks_in_flight{queue="default"}'] == 0
+
+    def settled() -> dict[str, float] | None:
+        # The record is on disk a moment before the runner lets go of the task.
+        m = _samples(call(daemon, "GET", "/metrics").text)
+        return m if m['ploinkyd_tasks_in_flight{queue="default"}'] == 0 else None
+
+    m = wait_until("no task in flight", settled, 10)
     assert m['ploinkyd_tasks_cancelled_total{queue="default"}'] == 1
     assert m['ploinkyd_tasks_completed_total{kind="echo",queue="default"}'] == 3
     assert m['ploinkyd_task_latency_seconds_count{queue="default"}'] == 7

@@ -53,10 +53,11 @@ BACKUP_EVERY = 200  # one backup task per this many tasks
 VERIFY_EVERY = 10  # one backup-verify task per this many backup tasks
 TILE_SHARE = 0.3  # of the tasks that are not backups; half single tiles, half pipelines
 EARLY_KILL_SHARE = 0.2  # kills while the daemon is still starting
-# Restart-to-ready is the same with either tile runner (about 1 s on an idle 2-core machine, 2-3 s
-# on a busy one), but after each restart a tile task waits for a fresh container, which costs a
-# loaded machine seconds: the storm ran 2.5 times slower with Docker throughout. So the first
-# kills restart the daemon with the process runner, the last DOCKER_SHARE with Docker (the last
+# Restart-to-ready is about the same with either tile runner (1.1 s with the process runner,
+# 1.4 s with Docker, which first removes the dead daemon's containers, on a quiet 2-core machine),
+# but after each restart a tile task waits for a fresh container, and on a busy machine that
+# costs seconds: there the storm ran 2.5 times slower with Docker throughout. So the first kills
+# restart the daemon with the process runner and the last DOCKER_SHARE with Docker (the last
 # daemon then removes the containers the killed ones left).
 DOCKER_SHARE = 0.4
 AIMED_SHARE = 0.2  # kills aimed at a backup or verify in progress

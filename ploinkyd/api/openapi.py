@@ -273,8 +273,8 @@ def _error_statuses(ep: Endpoint, has_path_params: bool) -> Iterator[int]:
         yield from (401, 403)
     if has_path_params or has_body:  # a body may name what does not exist (a snapshot)
         yield 404
-    if ep.mutating:
-        yield 409
+    if ep.mutating or ep.path.startswith("/v1/tasks/"):
+        yield 409  # reading a task whose record is torn answers CORRUPT_RECORD
     if has_body:
         yield 413
     yield from (429, 500, 503)

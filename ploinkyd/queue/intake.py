@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import stat as stat_mod
@@ -19,6 +20,8 @@ from ploinkyd.errors import TaskError
 from ploinkyd.queue import locks
 from ploinkyd.queue.layout import QueueLayout
 from ploinkyd.queue.task import ID_RE, TASK_SUFFIX, Task, digest, original_digest, parse_task
+
+log = logging.getLogger("ploinkyd.queue")
 
 Ident = tuple[int, int, int]  # (inode, size, mtime_ns): "the same file as when we read it"
 
@@ -230,7 +233,15 @@ def _recheck(
     record = layout.find_record(lock_id)
     if record is not None:
         # Finished before (a crash between the record and the unlink) if it is the same task.
-        if _recorded_digest(record) in (digest(raw), _claimed_original(raw)):
+        recorded = _recorded_digest(record)
+        if recorded == UNREADABLE:
+            # A record torn by a crash on a filesystem that lost data: the id has its record
+            # (SPEC: a task whose record exists is done); a second one would be a double.
+            log.warning(
+                "queue %s: record %s is unreadable; its task counts as done", layout.name, record
+            )
+            return Claim(lock_id, "done", raw, ident)
+        if recorded in (digest(raw), _claimed_original(raw)):
             return Claim(lock_id, "done", raw, ident)
         return Claim(lock_id, "duplicate", raw, ident)
     return Claim(lock_id, "claimed", raw, ident)
@@ -244,10 +255,18 @@ def _claimed_original(raw: bytes) -> str | None:
     return original_digest(raw, task)
 
 
+UNREADABLE = "unreadable"  # what _recorded_digest says of a record that is not a JSON object
+
+
 def _recorded_digest(path: os.PathLike[str]) -> str | None:
     try:
         with open(path, "rb") as fh:
-            value = json.load(fh).get("task_sha256")
-    except (OSError, ValueError, AttributeError):
+            record = json.load(fh)
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, RecursionError):
+        return UNREADABLE
+    if not isinstance(record, dict):
+        return UNREADABLE
+    value = record.get("task_sha256")
     return value if isinstance(value, str) else None
