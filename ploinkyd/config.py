@@ -43,6 +43,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from ploinkyd.backup.retention import RetentionPolicy
 from ploinkyd.backup.schedule import CronSchedule
 from ploinkyd.errors import ConfigError, NotFoundError, UserError
+from ploinkyd.nesting import nesting
 from ploinkyd.roles import Role
 
 MIB = 1024 * 1024
@@ -742,7 +743,7 @@ def _parse_bytes(raw: bytes, source: str, *, json_format: bool) -> dict[str, Any
             raise _error(source, "", f"invalid TOML: {_number_problem(exc)}") from None
     if not isinstance(data, dict):
         raise _error(source, "", "the top level must be a table (an object)")
-    if _nesting(data) > MAX_NESTING:
+    if nesting(data, MAX_NESTING) > MAX_NESTING:
         raise _error(source, "", _TOO_DEEP)
     nul = _nul_at(data)
     if nul is not None:
@@ -777,28 +778,12 @@ def _number_problem(exc: ValueError) -> str:
     return str(exc)
 
 
-def _nesting(value: Any) -> int:
-    """How deep tables and arrays nest in ``value`` (a scalar is 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if not isinstance(item, dict | list):
-            continue
-        deepest = max(deepest, depth)
-        if depth > MAX_NESTING:
-            break
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
-
-
 def _parse_env_value(text: str, label: str) -> Any:
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
         return text
-    if _nesting(value) > MAX_NESTING:
+    if nesting(value, MAX_NESTING) > MAX_NESTING:
         raise _error(label, "", _TOO_DEEP)
     return value
 

@@ -29,7 +29,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ploinkyd.errors import UserError
-from ploinkyd.queue.task import MAX_NESTING, SURROGATE_ESCAPE, lone_surrogate, nesting
+from ploinkyd.nesting import nesting
+from ploinkyd.queue.task import MAX_NESTING, SURROGATE_ESCAPE, lone_surrogate
 from ploinkyd.roles import Role
 
 if TYPE_CHECKING:
@@ -175,7 +176,10 @@ def _loads(raw: bytes) -> Any:
             raise UserError(message, code="INVALID_JSON") from None
         raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
     # The same limits as a task file's: what is accepted here is written as one.
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and nesting(value) > MAX_NESTING:
+    if (
+        raw.count(b"[") + raw.count(b"{") > MAX_NESTING
+        and nesting(value, MAX_NESTING) > MAX_NESTING
+    ):
         raise _too_deep()
     escaped = SURROGATE_ESCAPE.search(raw.decode("latin-1"))  # the escapes are ASCII
     where = lone_surrogate(value) if escaped else None

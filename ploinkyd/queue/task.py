@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ploinkyd.errors import TaskError
 from ploinkyd.kinds import describe_validation, validation_details
+from ploinkyd.nesting import nesting
 
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 ID_RE = re.compile(ID_PATTERN)
@@ -168,7 +169,7 @@ def load_task_json(raw: bytes) -> Any:
             code="INVALID_TASK",
         ) from None
     # Only a text with that many brackets can nest that deep: most tasks skip the walk.
-    if text.count("[") + text.count("{") > MAX_NESTING and nesting(obj) > MAX_NESTING:
+    if text.count("[") + text.count("{") > MAX_NESTING and nesting(obj, MAX_NESTING) > MAX_NESTING:
         raise _too_deep()
     where = lone_surrogate(obj) if SURROGATE_ESCAPE.search(text) else None
     if where is not None:
@@ -211,22 +212,6 @@ def _unencodable(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
-
-
-def nesting(value: Any) -> int:
-    """How deep arrays and objects nest in a JSON value (a scalar is 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if not isinstance(item, dict | list):
-            continue
-        children = item.values() if isinstance(item, dict) else item
-        deepest = max(deepest, depth)
-        if depth > MAX_NESTING:
-            break  # deep enough to refuse: no need to walk the rest
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
 
 
 def _too_deep() -> TaskError:
