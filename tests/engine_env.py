@@ -3,7 +3,8 @@
 ``SecondEngine`` runs its own ``dockerd`` (and, through it, its own containerd) beside the main
 engine of the machine, sharing nothing with it: its own API socket, ``--data-root``,
 ``--exec-root`` (containerd's socket and state live under it), pid file, containerd namespaces
-and daemon.json. It touches no network of the host: no bridge, no iptables rules, no IP
+and daemon.json, in a network namespace of its own. It touches no network of the host: no
+bridge (with ``--bridge=none`` dockerd deletes the docker0 it sees), no iptables rules, no IP
 forwarding or masquerading — tile containers run with ``network_mode=none`` anyway.
 
 Tests point ``DOCKER_HOST`` at ``engine.url`` to make it "the remote engine", stop it with
@@ -75,7 +76,13 @@ class SecondEngine:
         return f"unix://{self.socket}"
 
     def argv(self) -> list[str]:
+        # In a network namespace of its own: with --bridge=none dockerd deletes any interface
+        # named docker0 it can see, and the main engine's default bridge must survive. The
+        # API is a unix socket, reachable from every network namespace; tiles use no network.
+        # unshare execs dockerd in place, so the pid stays the one we started.
         return [
+            "unshare",
+            "--net",
             DOCKERD,
             f"--config-file={self.config_file}",
             f"--data-root={self.data_root}",
