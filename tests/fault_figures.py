@@ -1,12 +1,13 @@
 """Figures from the fault suite: each test reports what it measured, pytest prints them at the end.
 
-The suite runs in CI at its default size; ``PLOINKY_SOAK=1`` (or a number, the multiplier)
+The suite runs in CI at its default size; ``FAULT_SOAK=1`` (or a number, the multiplier)
 makes every fault test run longer and harder, for a soak on a spare machine:
 
-    PLOINKY_SOAK=10 bash scripts/test.sh -m faults
+    FAULT_SOAK=10 bash scripts/test.sh -m faults
 
 Figures are printed in the terminal summary and appended, one JSON line per report, to
-``$PLOINKY_FIGURES`` when it names a file.
+``$FAULT_FIGURES`` when it names a file. (Not ``PLOINKY_*``: ploinkyd reads every variable of
+that prefix as configuration, and the tests run its CLI with their own environment.)
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 
 
 def soak_factor() -> int:
-    """1 in CI; ``PLOINKY_SOAK=1`` means 10, any other number is taken as the multiplier."""
-    raw = os.environ.get("PLOINKY_SOAK", "").strip()
+    """1 in CI; ``FAULT_SOAK=1`` means 10, any other number is taken as the multiplier."""
+    raw = os.environ.get("FAULT_SOAK", "").strip()
     if not raw or raw == "0":
         return 1
     if raw == "1":
@@ -28,7 +29,7 @@ def soak_factor() -> int:
     try:
         return max(1, int(raw))
     except ValueError:
-        raise ValueError(f"PLOINKY_SOAK must be a whole number, not {raw!r}") from None
+        raise ValueError(f"FAULT_SOAK must be a whole number, not {raw!r}") from None
 
 
 def scaled(ci: int) -> int:
@@ -44,7 +45,7 @@ class FigureBook:
 
     def report(self, test: str, summary: str, **figures: Any) -> None:
         self.lines.append((test, summary))
-        target = os.environ.get("PLOINKY_FIGURES")
+        target = os.environ.get("FAULT_FIGURES")
         if target:
             entry = {"test": test, "summary": summary, "at": time.time(), **figures}
             with open(target, "a", encoding="utf-8") as f:

@@ -18,7 +18,7 @@ points while a producer keeps dropping tasks:
 At the end: 0 lost, 0 double, 0 extra records, every output checked against its input,
 nothing left in ``tasks/``, ``locks/`` or ``tmp/``, the repository verifies clean
 (``ploinkyd backup verify --read-data``), every snapshot restores equal to its source, and the
-dead daemons' repository locks are all judged stale. ``PLOINKY_SOAK`` scales tasks and kills.
+dead daemons' repository locks are all judged stale. ``FAULT_SOAK`` scales tasks and kills.
 """
 
 from __future__ import annotations

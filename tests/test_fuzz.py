@@ -74,7 +74,7 @@ pytestmark = pytest.mark.faults
 
 
 def fuzz(examples: int) -> settings:
-    """``examples`` in CI (more under PLOINKY_SOAK); no deadline: the machine is shared."""
+    """``examples`` in CI (more under FAULT_SOAK); no deadline: the machine is shared."""
     return settings(
         max_examples=scaled(examples),
         deadline=None,
