@@ -391,9 +391,9 @@ def is_sshd(pid: int) -> bool:
         return False
 
 
-def children_of(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (walks /proc)."""
-    parents: dict[int, int] = {}
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/<pid>/stat after the command name) of every process: state,
+    ppid, pgrp, ... A process that ends meanwhile is skipped."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -401,7 +401,13 @@ def children_of(pid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
+        # The command name may hold spaces and parentheses: split after its closing ')'.
+        yield int(entry), stat.rpartition(")")[2].split()
+
+
+def children_of(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (walks /proc)."""
+    parents = {p: int(fields[1]) for p, fields in proc_stats()}
     found, frontier = [], [pid]
     while frontier:
         parent = frontier.pop()
@@ -539,18 +545,7 @@ class Host:
 
 def group_members(pgid: int) -> list[int]:
     """Pids whose process group is ``pgid`` (from /proc)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
+    return [p for p, fields in proc_stats() if fields[0] != "Z" and int(fields[2]) == pgid]
 
 
 class Hosts:

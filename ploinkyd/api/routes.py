@@ -29,8 +29,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ploinkyd.errors import UserError
-from ploinkyd.nesting import nesting
-from ploinkyd.queue.task import MAX_NESTING, SURROGATE_ESCAPE, lone_surrogate
+from ploinkyd.queue.task import MAX_NESTING, beyond_limits
 from ploinkyd.roles import Role
 
 if TYPE_CHECKING:
@@ -175,15 +174,11 @@ def _loads(raw: bytes) -> Any:
             )
             raise UserError(message, code="INVALID_JSON") from None
         raise UserError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
-    # The same limits as a task file's: what is accepted here is written as one.
-    if (
-        raw.count(b"[") + raw.count(b"{") > MAX_NESTING
-        and nesting(value, MAX_NESTING) > MAX_NESTING
-    ):
+    # The same limits as a task file's (brackets and escapes are ASCII, so latin-1 will do).
+    problem, where = beyond_limits(raw.decode("latin-1"), value)
+    if problem == "deep":
         raise _too_deep()
-    escaped = SURROGATE_ESCAPE.search(raw.decode("latin-1"))  # the escapes are ASCII
-    where = lone_surrogate(value) if escaped else None
-    if where is not None:
+    if problem == "surrogate":
         raise UserError(
             f"request body holds a lone surrogate escape (such as \\ud800) at {where}: it is "
             "not a character; send the text as UTF-8, or a character beyond U+FFFF as a pair",

@@ -141,6 +141,23 @@ def parse_task(raw: bytes) -> tuple[Task, dict[str, Any]]:
         ) from None
 
 
+def beyond_limits(text: str, value: Any) -> tuple[Literal["deep", "surrogate"] | None, str]:
+    """What keeps ``value``, parsed from ``text``, from being accepted and written back as a
+    task: ("deep", "") when it nests past ``MAX_NESTING``, ("surrogate", where) for a lone
+    surrogate escape, (None, "") when nothing. Task files and API bodies share these limits:
+    what the API accepts is written as a task file."""
+    # Only a text with that many brackets can nest that deep: most values skip the walk.
+    if (
+        text.count("[") + text.count("{") > MAX_NESTING
+        and nesting(value, MAX_NESTING) > MAX_NESTING
+    ):
+        return "deep", ""
+    where = lone_surrogate(value) if SURROGATE_ESCAPE.search(text) else None
+    if where is not None:
+        return "surrogate", where
+    return None, ""
+
+
 def load_task_json(raw: bytes) -> Any:
     """The JSON value of a task file's bytes; ``TaskError`` for anything that is not UTF-8
     JSON, holds a number Python cannot read, or nests deeper than ``MAX_NESTING``."""
@@ -168,11 +185,10 @@ def load_task_json(raw: bytes) -> Any:
             f"{sys.get_int_max_str_digits()} digits); send it as a string",
             code="INVALID_TASK",
         ) from None
-    # Only a text with that many brackets can nest that deep: most tasks skip the walk.
-    if text.count("[") + text.count("{") > MAX_NESTING and nesting(obj, MAX_NESTING) > MAX_NESTING:
+    problem, where = beyond_limits(text, obj)
+    if problem == "deep":
         raise _too_deep()
-    where = lone_surrogate(obj) if SURROGATE_ESCAPE.search(text) else None
-    if where is not None:
+    if problem == "surrogate":
         raise TaskError(
             f"task file holds a lone surrogate escape (such as \\ud800) at {where}: it is not a "
             "character and cannot be written back as UTF-8; send the text as UTF-8, or escape "
